@@ -32,7 +32,22 @@ class SyntheticConfig:
     dim: int = 16  # latent factor dimension
     popularity_exponent: float = 1.0  # Zipf exponent of item popularity
     drift: float = 0.05  # per-event probability that a user's current interest changes
+    explore: float = 0.1  # probability that an event's item is drawn from global popularity, not the interest
+    interests_per_user: int = 3  # size of each user's interest mixture (drawn from the n_interests clusters)
     seed: int = 0
+
+    def validate(self) -> None:
+        if self.n_users < 1 or self.n_items < 2 or self.n_interests < 1 or self.dim < 1:
+            raise ValueError("synthetic: n_users, n_items, n_interests and dim must be positive (n_items >= 2)")
+        if self.n_events < 3 * self.n_users:
+            raise ValueError(
+                f"synthetic: n_events ({self.n_events}) must be >= 3 * n_users ({3 * self.n_users}) "
+                "so every user has a training, a validation and a test event"
+            )
+        if not 0 <= self.drift <= 1 or not 0 <= self.explore <= 1:
+            raise ValueError("synthetic: drift and explore are probabilities in [0, 1]")
+        if not 1 <= self.interests_per_user <= self.n_interests:
+            raise ValueError("synthetic: interests_per_user must be in [1, n_interests]")
 
 
 @dataclass
@@ -42,9 +57,11 @@ class DataConfig:
     path: str | None = None  # local file/folder for recbole / amazon / tabular sources
     item_path: str | None = None  # optional item table for tabular sources
     cache_dir: str = "~/.cache/e2erec"  # E2EREC_CACHE overrides
+    sha256: str | None = None  # expected digest of a downloaded archive; None: the digest recorded at first download
     columns: ColumnMap = field(default_factory=ColumnMap)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     positive_threshold: float = 4.0  # feedback >= threshold is a positive label (MovieLens: rating >= 4)
+    dedupe: bool = True  # drop repeated (user, item, timestamp) events, keeping the last one in file order
     min_user_events: int = 0  # k-core filter (0 = off); counts before/after are logged
     min_item_events: int = 0
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"
@@ -57,3 +74,7 @@ class DataConfig:
             raise ValueError(f"max_seq_len must be >= 1, got {self.max_seq_len}")
         if not 0 <= self.temporal_valid_frac < 1 or not 0 < self.temporal_test_frac < 1:
             raise ValueError("temporal_valid_frac and temporal_test_frac must be fractions in [0, 1)")
+        if self.temporal_valid_frac + self.temporal_test_frac >= 1:
+            raise ValueError("temporal_valid_frac + temporal_test_frac must leave some time for training (< 1)")
+        if self.min_user_events < 0 or self.min_item_events < 0:
+            raise ValueError("min_user_events and min_item_events must be >= 0")

@@ -49,7 +49,9 @@ class Interactions:
     # Ground truth planted by the synthetic generator (absent for real data):
     #   "prob": float32 [n_events] true P(positive) of each event;
     #   "user_interest": int64 [n_events] the user's latent interest when the event happened;
-    #   "item_factors": float32 [n_items, dim], "interest_centers": float32 [n_interests, dim].
+    #   "item_factors": float32 [n_items, dim], "interest_centers": float32 [n_interests, dim];
+    #   "item_interest", "item_weight", "interest_weight", "user_mixture": see e2erec.data.synthetic, whose
+    #   `planted_next_item_probs(inter, targets)` gives the Bayes-optimal next-item ranking for target events.
     planted: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -84,7 +86,8 @@ class Split:
     Leave-one-out: users with >= 3 events give last = test, second-to-last = validation, rest = training;
     users with 2 events give last = test, first = training; users with 1 event train only.
     Temporal: events before the validation cut-off train; each user's events in [valid_cut, test_cut) are
-    validation targets and those at or after test_cut are test targets.
+    validation targets and those at or after test_cut are test targets; a target that is its user's first event
+    (no history) is dropped and counted in `inter.meta["split"]`.
     """
 
     protocol: str

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# The codebook the documented `param_count`s are computed for: rq_kmeans defaults (3 levels x 256 codes) plus a
+# 16-way dedup level. The real count depends on the tokenizer only through the code embedding tables
+# (sum(codebook_sizes) * d_model parameters).
+REFERENCE_CODEBOOK = [256, 256, 256, 16]
+
 
 @dataclass
 class ModelConfig:
@@ -15,14 +20,34 @@ class ModelConfig:
     n_heads: int = 4
     ffn_mult: float = 2.6667  # SwiGLU hidden = ffn_mult * d_model (rounded to a multiple of 64 above tiny sizes)
     dropout: float = 0.0
-    max_tokens_per_seq: int = 1024  # tokens (not events) per sequence after truncation; also the HSTU normaliser
+    # History events (= tokens: one token per event, see e2erec/model/model.py) kept per sequence, the most recent;
+    # also the fixed normaliser n of HSTU attention so outputs do not depend on the batch.
+    max_tokens_per_seq: int = 1024
     num_pos_buckets: int = 64
     num_time_buckets: int = 32
     attention_backend: Literal["auto", "reference", "triton", "torch"] = "auto"
     calibration_hidden: int = 128
     activation_checkpointing: bool = False
     tie_code_embeddings: bool = True
+    num_feedback: int = 6  # feedback values 0..num_feedback-1 (MovieLens stars 1-5; implicit data: 1)
+    # Documented total parameter count with REFERENCE_CODEBOOK (0 = not documented); tests/model checks it.
+    param_count: int = 0
 
     def validate(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if min(self.d_model, self.n_layers, self.n_heads, self.max_tokens_per_seq, self.num_feedback) < 1:
+            raise ValueError("d_model, n_layers, n_heads, max_tokens_per_seq and num_feedback must be >= 1")
+        if self.num_pos_buckets < 1 or self.num_time_buckets < 1:
+            raise ValueError("num_pos_buckets and num_time_buckets must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.param_count < 0:
+            raise ValueError("param_count must be >= 0 (0 = not documented)")
+
+    @property
+    def ffn_hidden(self) -> int:
+        """SwiGLU width: ffn_mult * d_model rounded up to a multiple of 64 (of 8 below d_model = 256)."""
+        multiple = 64 if self.d_model >= 256 else 8
+        raw = int(self.ffn_mult * self.d_model)
+        return -(-raw // multiple) * multiple

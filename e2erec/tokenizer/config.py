@@ -5,16 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+TEMPLATE_FIELDS = ("title", "year", "categories", "text")
+
 
 @dataclass
 class RQVAEConfig:
     hidden_dims: list[int] = field(default_factory=lambda: [512, 256])
     latent_dim: int = 64
-    epochs: int = 50
-    batch_size: int = 1024
+    # A step budget rather than epochs: 1,682 items are 2 batches an epoch, a million items 1,000 — too few and far
+    # too many steps for one setting of `epochs`.
+    steps: int = 1000
+    batch_size: int = 256
     lr: float = 1e-3
     commitment: float = 0.25  # beta in the VQ-VAE loss
-    dead_code_restart_every: int = 5  # epochs
+    dead_code_restart_every: int = 200  # steps; codes unused since the last restart move onto live residuals
 
 
 @dataclass
@@ -30,9 +34,23 @@ class TokenizerConfig:
     codebook_size: int = 256
     balanced: bool = True  # balanced k-means assignment so codes are used evenly
     kmeans_iters: int = 25
+    # k-means fits centroids on at most this many points per centroid, then assigns every item (faiss's default).
+    kmeans_points_per_centroid: int = 256
     rq_vae: RQVAEConfig = field(default_factory=RQVAEConfig)
+    device: str = "auto"  # "auto" = cuda when available, else cpu
     seed: int = 0
 
     def validate(self) -> None:
         if self.levels < 1 or self.codebook_size < 2:
             raise ValueError("levels must be >= 1 and codebook_size >= 2")
+        import string
+
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
+        except ValueError as e:
+            raise ValueError(f"template {self.template!r} is not a valid format string: {e}") from None
+        bad = [f for f in fields if f not in TEMPLATE_FIELDS]
+        if bad:
+            raise ValueError(f"template field {{{bad[0]}}} is unknown; valid fields: {', '.join(TEMPLATE_FIELDS)}")
+        if self.kmeans_iters < 1 or self.kmeans_points_per_centroid < 1:
+            raise ValueError("kmeans_iters and kmeans_points_per_centroid must be >= 1")

@@ -15,12 +15,14 @@ class TrainConfig:
     beta2: float = 0.98
     warmup_steps: int = 100
     max_steps: int = 1000
-    max_tokens: int = 0  # stop after this many training tokens (0 = use max_steps)
-    time_budget_s: float = 0.0  # stop (and checkpoint) after this much wall time (0 = none)
+    # The first of max_steps / max_tokens / time_budget_s to be reached stops the run (0 = that limit is off).
+    max_tokens: int = 0  # training tokens over all ranks
+    time_budget_s: float = 0.0  # wall time, summed over resumes
     batch_tokens: int = 8192  # token budget of one micro-batch (sequences are packed, never padded)
     grad_accum: int = 1
     grad_clip: float = 1.0
     zero_stage: Literal[0, 1, 2, 3] = 0
+    zero3_persistence_threshold: int = 100_000  # ZeRO-3: parameters with fewer elements stay replicated
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gen_loss_weight: float = 1.0
     calib_loss_weight: float = 1.0
@@ -32,3 +34,23 @@ class TrainConfig:
     max_bad_steps: int = 10  # NaN/inf losses tolerated (each skipped) before aborting
     num_workers: int = 0
     seed: int = 0
+    semantic_ids: str = ""  # a saved artifact (`e2erec tokenize`); "" = build it into <run_dir>/semantic_ids once
+    resume: str = ""  # "" = fresh run, "auto" = newest checkpoint in <run_dir>/checkpoints if any, or a checkpoint path
+    eval_max_targets: int = 1024  # validation targets scored at each periodic eval (0 = all)
+    final_eval_max_targets: int = 0  # ... and at the end, for final.json (0 = all)
+    tensorboard: bool = True
+    export: bool = True  # write <run_dir>/export (safetensors, loadable without DeepSpeed) when the run ends
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    peak_tflops: float = 0.0  # per-device peak for MFU (0 = look it up from the GPU name; CPU reports no MFU)
+
+    def validate(self) -> None:
+        if self.grad_accum < 1 or self.batch_tokens < 1:
+            raise ValueError("grad_accum and batch_tokens must be >= 1")
+        if self.max_steps < 1 and self.max_tokens <= 0 and self.time_budget_s <= 0:
+            raise ValueError("set max_steps, max_tokens or time_budget_s > 0: the run needs a stopping rule")
+        if self.keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+        if self.log_every < 1 or self.eval_every < 0 or self.ckpt_every < 0:
+            raise ValueError("log_every must be >= 1; eval_every and ckpt_every >= 0 (0 = only at the end)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")

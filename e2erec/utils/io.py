@@ -7,9 +7,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -76,4 +77,4 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def cache_root(configured: str = "~/.cache/e2erec") -> Path:
-    return Path(os.environ.get("E2EREC_CACHE", configured)).expanduser()
+    return Path(os.environ.get("E2EREC_CACHE") or configured).expanduser()  # an empty variable means unset

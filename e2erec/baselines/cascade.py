@@ -1,0 +1,339 @@
+"""The retrieval -> ranking cascade that end-to-end generative recommenders replace, and its LLM-as-plugin variant.
+
+Stage 1, retrieval: a two-tower model (Covington et al. 2016, "Deep Neural Networks for YouTube Recommendations").
+The user tower reads the history window (mean item vector, last item, mean of positively rated items -> MLP); the
+item tower is the item's ID embedding plus its features. Trained with a sampled softmax over in-batch targets plus
+uniformly sampled items (mixed negative sampling, Yang et al. 2020), each logit corrected by -log Q(item), the
+item's expected count among the negatives (Yi et al. 2019, "Sampling-bias-corrected neural modeling"):
+``Q(j) = B * freq(j) + S / n_items`` for B in-batch and S uniform negatives. It returns the top-N candidates.
+
+Stage 2, ranking: a target-attention model in the style of DIN (Zhou et al. 2018, "Deep Interest Network"):
+each history item is weighted by an MLP of [h, t, h - t, h * t] against the candidate t (no softmax, as in DIN),
+the weighted sum and the candidate feed an MLP with dense features (the item's and the history's smoothed
+positive rates), trained with binary cross-entropy on the feedback label, so it outputs P(positive | consumed).
+
+Final order: ``log P_retrieval(item | history) + log P_rank(positive | history, item)``, i.e. the probability that
+the next item is this one *and* is liked; the retrieval probability is the full softmax of the two-tower logits.
+
+Each stage is early-stopped on its own validation score: retrieval on `eval.select_metric` of its top-K over the
+validation targets, ranking on validation LogLoss of the validation events.
+
+The plugin cascade (`PluginCascade`) plugs a language model into both stages: the tokenizer's text embedding of
+each item (frozen, projected) is added to the item vectors of both towers and of the ranker, and a second retrieval
+channel ranks items by cosine similarity between the item and the mean text embedding of the history. The two
+channels are merged as a mixture ``P = a P_two_tower + (1 - a) softmax(cos / tau)`` over the union of both
+channels' candidates, with (a, tau) chosen on the validation targets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from e2erec.baselines.common import (
+    ItemEncoder,
+    batches,
+    category_matrix,
+    eval_config,
+    fit_early_stopping,
+    seed_everything,
+    select_score,
+    split_valid_targets,
+)
+from e2erec.data.types import Interactions, Split
+from e2erec.eval.metrics import log_loss
+from e2erec.eval.protocol import mask_history, padded_histories, top_k, training_targets
+
+RANKER_BATCH_FACTOR = 16  # the ranker scores single events, so it takes 16x the sequence batch per step
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x (B, L, d), mask (B, L) bool -> (B, d); 0 for an empty mask."""
+    m = mask.unsqueeze(-1).float()
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class TwoTower(nn.Module):
+    def __init__(self, items: ItemEncoder, dim: int):
+        super().__init__()
+        self.items = items
+        self.user = _mlp(3 * dim, 2 * dim, dim)
+
+    def user_vectors(self, hist: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """hist, labels (B, L) right-aligned, -1 padding -> user vectors (B, dim)."""
+        h = self.items(hist)  # (B, L, dim)
+        valid = hist >= 0
+        feats = [_masked_mean(h, valid), h[:, -1], _masked_mean(h, valid & (labels > 0))]
+        return self.user(torch.cat(feats, dim=-1))
+
+
+class DINRanker(nn.Module):
+    def __init__(self, items: ItemEncoder, dim: int, att_hidden: int = 36):
+        super().__init__()
+        self.items = items
+        self.feedback = nn.Embedding(2, dim)  # the history event's own label, added to its item vector
+        self.att = _mlp(4 * dim, att_hidden, 1)
+        self.head = nn.Sequential(_mlp(4 * dim + 2, 2 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
+
+    def logits(self, hist: torch.Tensor, labels: torch.Tensor, item: torch.Tensor, item_rate: torch.Tensor,
+               user_rate: torch.Tensor) -> torch.Tensor:
+        """hist, labels (B, L); item (B, m) candidates; item_rate (B, m), user_rate (B,) logits -> (B, m)."""
+        m = item.shape[1]
+        valid = (hist >= 0).unsqueeze(1).unsqueeze(-1)  # (B, 1, L, 1)
+        h = self.items(hist) + self.feedback(labels.long().clamp(0, 1)) * (hist >= 0).unsqueeze(-1)  # (B, L, d)
+        t = self.items(item)  # (B, m, d)
+        hb = h.unsqueeze(1).expand(-1, m, -1, -1)  # (B, m, L, d)
+        tb = t.unsqueeze(2).expand_as(hb)  # (B, m, L, d)
+        w = self.att(torch.cat([hb, tb, hb - tb, hb * tb], dim=-1)) * valid  # (B, m, L, 1)
+        pooled = (w * hb).sum(2)  # (B, m, d)
+        mean = _masked_mean(h, hist >= 0).unsqueeze(1).expand(-1, m, -1)  # (B, m, d)
+        dense = torch.stack([item_rate, user_rate.unsqueeze(1).expand(-1, m)], dim=-1)  # (B, m, 2)
+        return self.head(torch.cat([pooled, t, pooled * t, mean, dense], dim=-1)).squeeze(-1)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p)).astype(np.float32)
+
+
+class Cascade:
+    """Two-tower retrieval -> DIN-style ranking with a calibrated head (see the module docstring)."""
+
+    name = "cascade"
+    uses_text = False
+
+    def __init__(self, item_text: np.ndarray | None = None) -> None:
+        self.item_text = item_text  # plugin only: [n_items, d] language-model item embeddings
+        self.retrieval: TwoTower | None = None
+        self.ranker: DINRanker | None = None
+        self.fit_log: dict = {}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # fit
+
+    def _item_encoder(self, inter: Interactions, dim: int) -> ItemEncoder:
+        text = torch.from_numpy(np.asarray(self.item_text, dtype=np.float32)) if self.uses_text else None
+        return ItemEncoder(inter.n_items, dim, category_matrix(inter), text)
+
+    def fit(self, inter: Interactions, split: Split, cfg) -> None:
+        ecfg = eval_config(cfg)
+        if self.uses_text and self.item_text is None:
+            self.item_text = _encode_item_texts(inter, cfg)
+        rng = seed_everything(ecfg.seed, ecfg.baseline_threads)
+        self.max_len = ecfg.baseline_max_len
+        train = training_targets(inter, split, min_history=1)
+        valid = split_valid_targets(split)
+        self._fit_stats(inter, split)
+        self._fit_retrieval(inter, train, valid, ecfg, rng)
+        self._fit_ranker(inter, train, valid, ecfg, rng)
+        self._fit_merge(inter, valid, ecfg)
+
+    def _fit_stats(self, inter: Interactions, split: Split) -> None:
+        """Smoothed positive rates over all training events: per item, and the global base rate (prior weight 5)."""
+        rows = training_targets(inter, split, min_history=0)
+        y = inter.label[rows].astype(np.float64)
+        self.base_rate = float(y.mean()) if len(y) else 0.5
+        pos = np.bincount(inter.item[rows], weights=y, minlength=inter.n_items)
+        cnt = np.bincount(inter.item[rows], minlength=inter.n_items)
+        self.item_rate = _logit((pos + 5 * self.base_rate) / (cnt + 5))
+
+    def _fit_retrieval(self, inter, train, valid, ecfg, rng) -> None:
+        dim, n_items = ecfg.baseline_dim, inter.n_items
+        self.retrieval = TwoTower(self._item_encoder(inter, dim), dim)
+        opt = torch.optim.Adam(self.retrieval.parameters(), lr=ecfg.baseline_lr)
+        freq = np.bincount(inter.item[train], minlength=n_items) / max(len(train), 1)
+        batch = ecfg.baseline_batch_size * RANKER_BATCH_FACTOR // 4
+        n_neg = ecfg.cascade_negatives
+        cut = int(ecfg.select_metric.partition("@")[2] or ecfg.top_k)
+
+        def train_epoch(epoch: int) -> float:
+            total = 0.0
+            steps = list(batches(len(train), batch, rng))
+            for idx in tqdm(steps, desc=f"{self.name} retrieval epoch {epoch}", leave=False, disable=None):
+                t = train[idx]
+                hist, labels, _ = padded_histories(inter, t, self.max_len)
+                u = self.retrieval.user_vectors(torch.from_numpy(hist), torch.from_numpy(labels))  # (B, d)
+                pos = inter.item[t]
+                cand = np.concatenate([pos, rng.integers(0, n_items, n_neg)])  # (B + S,)
+                logits = u @ self.retrieval.items(torch.from_numpy(cand)).T  # (B, B + S)
+                log_q = np.log(len(t) * freq[cand] + n_neg / n_items)
+                logits = logits - torch.from_numpy(log_q).float()
+                hit = torch.from_numpy(cand[None, :] == pos[:, None])  # accidental hits, except the true column
+                hit[torch.arange(len(t)), torch.arange(len(t))] = False
+                loss = nn.functional.cross_entropy(logits.masked_fill(hit, -torch.inf), torch.arange(len(t)))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(t)
+            return total / len(train)
+
+        def validate() -> float:
+            recs = [top_k(mask_history(self._retrieval_log_probs(inter, v), inter, v), cut)
+                    for v in np.array_split(valid, max(1, len(valid) // 1024))]
+            return select_score(np.concatenate(recs), inter.item[valid], ecfg.select_metric)
+
+        self.fit_log["retrieval"] = fit_early_stopping(
+            self.retrieval, train_epoch, validate, ecfg.baseline_epochs, ecfg.patience, ecfg.select_metric,
+            name=f"{self.name} retrieval").to_dict()
+
+    def _fit_ranker(self, inter, train, valid, ecfg, rng) -> None:
+        dim = ecfg.baseline_dim
+        self.ranker = DINRanker(self._item_encoder(inter, dim), dim)
+        opt = torch.optim.Adam(self.ranker.parameters(), lr=ecfg.baseline_lr)
+        batch = ecfg.baseline_batch_size * RANKER_BATCH_FACTOR
+
+        def train_epoch(epoch: int) -> float:
+            total = 0.0
+            steps = list(batches(len(train), batch, rng))
+            for idx in tqdm(steps, desc=f"{self.name} ranker epoch {epoch}", leave=False, disable=None):
+                t = train[idx]
+                logits = self._ranker_logits(inter, t, inter.item[t][:, None])[:, 0]
+                y = torch.from_numpy(inter.label[t].astype(np.float32))
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(t)
+            return total / len(train)
+
+        def validate() -> float:
+            return float(log_loss(self.predict_proba(inter, valid, inter.item[valid]), inter.label[valid]))
+
+        self.fit_log["ranker"] = fit_early_stopping(
+            self.ranker, train_epoch, validate, ecfg.baseline_epochs, ecfg.patience, "logloss",
+            higher_is_better=False, name=f"{self.name} ranker").to_dict()
+
+    def _fit_merge(self, inter, valid, ecfg) -> None:
+        """The plain cascade has one retrieval channel: only the candidate count to set."""
+        self.n_candidates = ecfg.cascade_candidates
+
+    # ------------------------------------------------------------------------------------------------------------
+    # inference
+
+    def _ranker_logits(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> torch.Tensor:
+        """Ranker logits (n, m) of each target's history with each of its `items` [n, m]."""
+        hist, labels, lengths = padded_histories(inter, targets, self.max_len)
+        n_pos = labels.sum(axis=1).astype(np.float64)
+        user_rate = _logit((n_pos + 5 * self.base_rate) / (lengths + 5))
+        return self.ranker.logits(torch.from_numpy(hist), torch.from_numpy(labels), torch.from_numpy(items),
+                                  torch.from_numpy(self.item_rate[items]), torch.from_numpy(user_rate))
+
+    def _retrieval_log_probs(self, inter: Interactions, targets: np.ndarray) -> np.ndarray:
+        """log softmax of the two-tower logits over the whole catalogue: float64 [n, n_items]."""
+        hist, labels, _ = padded_histories(inter, targets, self.max_len)
+        u = self.retrieval.user_vectors(torch.from_numpy(hist), torch.from_numpy(labels))
+        logits = u @ self.retrieval.items.all_items().T  # (n, n_items)
+        return torch.log_softmax(logits.double(), dim=-1).numpy()
+
+    def _candidates(self, inter: Interactions, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate ids [n, N] with -1 padding, their retrieval log-probabilities [n, N])."""
+        lp = mask_history(self._retrieval_log_probs(inter, targets), inter, targets)
+        cand = top_k(lp, self.n_candidates)
+        return cand, np.where(cand >= 0, np.take_along_axis(lp, np.maximum(cand, 0), axis=1), -np.inf)
+
+    @torch.no_grad()
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
+        if self.ranker is None:
+            raise RuntimeError(f"{type(self).__name__}.recommend called before fit")
+        self.retrieval.eval()
+        self.ranker.eval()
+        out = []
+        for start in tqdm(range(0, len(targets), chunk), desc=f"{self.name} recommend", leave=False, disable=None):
+            t = targets[start : start + chunk]
+            cand, retrieval_lp = self._candidates(inter, t)
+            p = self._proba(inter, t, np.maximum(cand, 0))
+            score = np.where(cand >= 0, retrieval_lp + np.log(np.maximum(p, 1e-12)), -np.inf)
+            out.append(top_k(score, k, ids=cand))
+        return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+    def _proba(self, inter, targets, items, chunk_pairs: int = 2048) -> np.ndarray:
+        # 2048 (target, item) pairs x 50 history x 4*64 attention inputs = 105 MB of activations per chunk
+        step = max(1, chunk_pairs // items.shape[1])
+        parts = [torch.sigmoid(self._ranker_logits(inter, targets[s : s + step], items[s : s + step])).numpy()
+                 for s in range(0, len(targets), step)]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(items.shape)
+
+    @torch.no_grad()
+    def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """P(positive feedback) from the ranker; `items` is [n] (one per target) or [n, m]."""
+        if self.ranker is None:
+            raise RuntimeError(f"{type(self).__name__}.predict_proba called before fit")
+        self.ranker.eval()
+        items = np.asarray(items, dtype=np.int64)
+        p = self._proba(inter, np.asarray(targets, dtype=np.int64), items.reshape(len(targets), -1))
+        return p.reshape(items.shape)
+
+
+class PluginCascade(Cascade):
+    """The cascade with language-model item embeddings in both stages and a semantic-similarity retrieval channel."""
+
+    name = "plugin_cascade"
+    uses_text = True
+    ALPHAS = (1.0, 0.9, 0.7, 0.5, 0.3)  # two-tower weight in the channel mixture; 1.0 = semantic adds candidates only
+    TAUS = (0.05, 0.1, 0.2)  # softmax temperatures of the cosine channel
+
+    def _channels(self, inter: Interactions, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(union of both channels' candidates [n, N + M] with -1 for duplicates, two-tower log-probs, cosines)."""
+        lp_tt = mask_history(self._retrieval_log_probs(inter, targets), inter, targets)
+        hist, _, _ = padded_histories(inter, targets, self.max_len)
+        text = self._text_unit
+        user = np.where((hist >= 0)[..., None], text[np.maximum(hist, 0)], 0.0).sum(1)  # (n, d)
+        user /= np.maximum(np.linalg.norm(user, axis=1, keepdims=True), 1e-12)
+        cos = mask_history(user @ text.T, inter, targets)  # (n, n_items)
+        cand = np.concatenate([top_k(lp_tt, self.n_candidates), top_k(cos, self.n_semantic)], axis=1)
+        cand = np.sort(cand, axis=1)
+        cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # a candidate found by both channels counts once
+        return cand, lp_tt, cos
+
+    @staticmethod
+    def _mixture(cand: np.ndarray, lp_tt: np.ndarray, cos: np.ndarray, alpha: float, tau: float) -> np.ndarray:
+        """log(alpha P_two_tower + (1 - alpha) softmax(cos / tau)) at the candidates, -inf at padding."""
+        idx = np.maximum(cand, 0)
+        mix = np.log(alpha) + np.take_along_axis(lp_tt, idx, axis=1)
+        if alpha < 1.0:
+            lp_sem = torch.log_softmax(torch.from_numpy(cos / tau), dim=-1).numpy()
+            mix = np.logaddexp(mix, np.log1p(-alpha) + np.take_along_axis(lp_sem, idx, axis=1))
+        return np.where(cand >= 0, mix, -np.inf)
+
+    def _candidates(self, inter: Interactions, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cand, lp_tt, cos = self._channels(inter, targets)
+        return cand, self._mixture(cand, lp_tt, cos, self.alpha, self.tau)
+
+    @torch.no_grad()
+    def _fit_merge(self, inter, valid, ecfg, chunk: int = 256) -> None:
+        """Choose the channel weight and temperature on the validation targets (both stages are fixed by now).
+
+        The candidate union does not depend on (alpha, tau): ranking by cosine is the same at every temperature.
+        """
+        t = np.asarray(self.item_text, dtype=np.float64)
+        self._text_unit = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+        self.n_candidates, self.n_semantic = ecfg.cascade_candidates, ecfg.semantic_candidates
+        cut = int(ecfg.select_metric.partition("@")[2] or ecfg.top_k)
+        grid = [(a, tau) for tau in self.TAUS for a in self.ALPHAS if a < 1.0 or tau == self.TAUS[0]]
+        recs: dict[tuple[float, float], list[np.ndarray]] = {g: [] for g in grid}
+        for start in range(0, len(valid), chunk):
+            v = valid[start : start + chunk]
+            cand, lp_tt, cos = self._channels(inter, v)
+            log_p = np.log(np.maximum(self._proba(inter, v, np.maximum(cand, 0)), 1e-12))
+            for alpha, tau in grid:
+                recs[(alpha, tau)].append(top_k(self._mixture(cand, lp_tt, cos, alpha, tau) + log_p, cut, ids=cand))
+        scores = {g: select_score(np.concatenate(r), inter.item[valid], ecfg.select_metric) for g, r in recs.items()}
+        self.alpha, self.tau = max(scores, key=scores.get)
+        self.fit_log["merge"] = {"metric": ecfg.select_metric, "alpha": self.alpha, "tau": self.tau,
+                                 "valid": {f"alpha={a},tau={tau}": v for (a, tau), v in scores.items()}}
+
+
+def _encode_item_texts(inter: Interactions, cfg) -> np.ndarray:
+    """The tokenizer's language-model embeddings of item texts (cached by the tokenizer under the data cache)."""
+    from e2erec.tokenizer import encode_item_texts
+    from e2erec.utils.io import cache_root
+
+    if not hasattr(cfg, "tokenizer"):
+        raise TypeError("PluginCascade.fit needs the run config (tokenizer + data sections) or item_text=...")
+    return np.asarray(encode_item_texts(inter, cfg.tokenizer, cache_root(cfg.data.cache_dir)), dtype=np.float32)

@@ -1,0 +1,172 @@
+"""What the trained baselines share: config access, item features, mini-batching, and early stopping.
+
+Early stopping is part of the protocol: after every epoch a baseline is scored on the validation targets, the best
+epoch's weights are kept, and training stops after `eval.patience` epochs without improvement. Test numbers then
+come from the best-validation weights, never from the last epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from e2erec.data.types import Interactions, Split
+from e2erec.errors import DataError
+from e2erec.eval.config import EvalConfig
+from e2erec.eval.metrics import hit_rate, ndcg, reciprocal_rank, target_ranks
+
+log = logging.getLogger(__name__)
+
+
+def eval_config(cfg) -> EvalConfig:
+    """`fit` receives the run config; tests may pass the eval section alone."""
+    return cfg if isinstance(cfg, EvalConfig) else cfg.eval
+
+
+def select_score(recs: np.ndarray, targets_items: np.ndarray, metric: str) -> float:
+    """The validation metric named by `eval.select_metric` (e.g. 'ndcg@10'), averaged over targets."""
+    ranks = target_ranks(recs, targets_items)
+    name, _, cut = metric.partition("@")
+    k = int(cut) if cut else recs.shape[1]
+    if name == "ndcg":
+        return float(ndcg(ranks, k).mean())
+    if name in ("hr", "recall"):
+        return float(hit_rate(ranks, k).mean())
+    return float(reciprocal_rank(ranks).mean())
+
+
+@dataclass
+class FitLog:
+    """Per-epoch validation scores and training losses of one model; `best_epoch` is 1-based."""
+
+    metric: str
+    higher_is_better: bool
+    valid: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # wall clock per epoch, validation included
+    cpu_seconds: list[float] = field(default_factory=list)  # process CPU time per epoch (robust to a busy machine)
+    best_epoch: int = 0
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "valid": self.valid, "train_loss": self.loss, "epoch_seconds": self.seconds,
+                "epoch_cpu_seconds": self.cpu_seconds,
+                "best_epoch": self.best_epoch}
+
+
+def fit_early_stopping(
+    module: nn.Module,
+    train_epoch: Callable[[int], float],
+    validate: Callable[[], float],
+    epochs: int,
+    patience: int,
+    metric: str,
+    higher_is_better: bool = True,
+    name: str = "",
+) -> FitLog:
+    """Run epochs until `patience` epochs bring no better validation score, then restore the best weights."""
+    fit_log = FitLog(metric=metric, higher_is_better=higher_is_better)
+    best, best_state, stale = None, None, 0
+    for epoch in range(1, epochs + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        module.train()
+        loss = train_epoch(epoch)
+        module.eval()
+        with torch.no_grad():
+            score = validate()
+        fit_log.loss.append(float(loss))
+        fit_log.valid.append(float(score))
+        fit_log.seconds.append(time.perf_counter() - t0)
+        fit_log.cpu_seconds.append(time.process_time() - c0)
+        log.info("%s epoch %d: loss %.4f, valid %s %.4f (%.1fs, %.1fs CPU)", name, epoch, loss, metric, score,
+                 fit_log.seconds[-1], fit_log.cpu_seconds[-1])
+        better = best is None or (score > best if higher_is_better else score < best)
+        if better and np.isfinite(score):
+            best, best_state, stale, fit_log.best_epoch = score, copy.deepcopy(module.state_dict()), 0, epoch
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return fit_log
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator | None = None):
+    """Index arrays covering range(n) in chunks; shuffled when `rng` is given."""
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def category_matrix(inter: Interactions) -> torch.Tensor:
+    """Multi-hot item categories, rows normalised to sum 1: float32 [n_items, n_categories] (0 columns if none)."""
+    names = sorted({c for cats in inter.items.categories for c in cats})
+    index = {c: j for j, c in enumerate(names)}
+    m = np.zeros((inter.n_items, len(names)), dtype=np.float32)
+    for i, cats in enumerate(inter.items.categories):
+        for c in cats:
+            m[i, index[c]] = 1.0
+    m /= np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+    return torch.from_numpy(m)
+
+
+def _with_zero_row(m: torch.Tensor) -> torch.Tensor:
+    """(n, d) -> (n + 1, d): the padding item's features are zeros."""
+    return torch.cat([m, torch.zeros(1, m.shape[1])])
+
+
+class ItemEncoder(nn.Module):
+    """Item vectors = ID embedding + projected categories (+ projected frozen text embedding, for the plugin).
+
+    Index `n_items` is the padding item (a zero vector, no features): history windows padded with -1 map to it.
+    """
+
+    def __init__(self, n_items: int, dim: int, categories: torch.Tensor, text: torch.Tensor | None = None):
+        super().__init__()
+        self.n_items = n_items
+        self.id = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        nn.init.normal_(self.id.weight, std=dim**-0.5)
+        with torch.no_grad():
+            self.id.weight[n_items].zero_()
+        self.register_buffer("categories", _with_zero_row(categories), persistent=False)
+        self.cat_proj = nn.Linear(categories.shape[1], dim, bias=False) if categories.shape[1] else None
+        if text is not None:
+            text = nn.functional.normalize(text.float(), dim=-1)
+            self.register_buffer("text", _with_zero_row(text), persistent=False)
+            self.text_proj = nn.Linear(text.shape[1], dim, bias=False)
+        else:
+            self.text, self.text_proj = None, None
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items: int64 of any shape with -1 as padding -> (*items.shape, dim)."""
+        idx = torch.where(items < 0, torch.full_like(items, self.n_items), items)
+        out = self.id(idx)
+        if self.cat_proj is not None:
+            out = out + self.cat_proj(self.categories[idx])
+        if self.text_proj is not None:
+            out = out + self.text_proj(self.text[idx])
+        return out * (items >= 0).unsqueeze(-1)
+
+    def all_items(self) -> torch.Tensor:
+        return self.forward(torch.arange(self.n_items))  # (n_items, dim)
+
+
+def seed_everything(seed: int, threads: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, threads))
+    return np.random.default_rng(seed)
+
+
+def split_valid_targets(split: Split) -> np.ndarray:
+    if len(split.valid) == 0:
+        raise DataError("the split has no validation targets: early stopping needs them (use leave_one_out or "
+                         "a temporal split with temporal_valid_frac > 0)")
+    return split.valid

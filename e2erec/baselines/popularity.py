@@ -1,0 +1,30 @@
+"""Most-popular items by training-event count: the floor every learned system has to clear."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from e2erec.data.types import Interactions, Split
+from e2erec.eval.protocol import mask_history, top_k, training_targets
+
+
+class Popularity:
+    """Recommends the most frequent training items the user has not interacted with; no calibrated head."""
+
+    name = "popularity"
+
+    def __init__(self) -> None:
+        self.counts: np.ndarray | None = None
+
+    def fit(self, inter: Interactions, split: Split, cfg=None) -> None:
+        rows = training_targets(inter, split, min_history=0)  # every training event
+        self.counts = np.bincount(inter.item[rows], minlength=inter.n_items).astype(np.float64)
+
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
+        if self.counts is None:
+            raise RuntimeError("Popularity.recommend called before fit")
+        scores = np.tile(self.counts, (len(targets), 1))  # (n_targets, n_items)
+        return top_k(mask_history(scores, inter, targets), k)
+
+    def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> None:
+        return None

@@ -1,0 +1,134 @@
+"""SASRec: a causal self-attention model over item IDs (Kang & McAuley 2018, "Self-Attentive Sequential
+Recommendation"), trained with a full softmax over all items at every position.
+
+The paper trains with one sampled negative and binary cross-entropy; the full softmax (cross-entropy over the whole
+catalogue, as in Klenitskiy & Vasilev 2023, "Turning Dross Into Gold Loss: is BERT4Rec really better than SASRec?")
+is the stronger and now usual baseline. Architecture as in the paper: 2 blocks, 1 head, learned positions,
+shared input/output item embeddings, dropout 0.2. No calibrated head: `predict_proba` returns None.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from e2erec.baselines.common import (
+    batches,
+    eval_config,
+    fit_early_stopping,
+    seed_everything,
+    select_score,
+    split_valid_targets,
+)
+from e2erec.data.types import Interactions, Split
+from e2erec.eval.protocol import mask_history, padded_histories, top_k
+
+
+class SASRecNet(nn.Module):
+    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 1, dropout: float = 0.2):
+        super().__init__()
+        self.n_items, self.max_len = n_items, max_len
+        self.item = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        nn.init.normal_(self.item.weight, std=dim**-0.5)
+        self.pos = nn.Embedding(max_len, dim)
+        self.drop = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(dim, n_heads, dim * 2, dropout, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(max_len), persistent=False)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items: int64 (B, L) right-aligned, -1 = padding -> hidden states (B, L, dim).
+
+        As in the reference implementation, padding positions are zeroed ("timeline mask") and only the causal
+        mask is applied, so no query row is ever fully masked.
+        """
+        length = items.shape[1]
+        keep = (items >= 0).unsqueeze(-1)  # (B, L, 1)
+        x = self.item(torch.where(items < 0, self.n_items, items)) * self.item.embedding_dim**0.5
+        x = self.drop(x + self.pos.weight[self.max_len - length :]) * keep
+        h = self.blocks(x, mask=self.causal[:length, :length], is_causal=True)
+        return self.norm(h) * keep
+
+    def scores(self, items: torch.Tensor) -> torch.Tensor:
+        """Next-item logits over the catalogue from the last position: (B, n_items)."""
+        return self.forward(items)[:, -1] @ self.item.weight[: self.n_items].T
+
+
+def training_windows(inter: Interactions, split: Split, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut every user's training events into windows of `max_len` next-item steps, newest first.
+
+    Returns (inputs, targets), int64 [n_windows, max_len] right-aligned with -1 padding; targets[:, t] is the item
+    following inputs[:, t]. Consecutive windows share one event, so every training event after a user's first
+    is a target exactly once.
+    """
+    starts = inter.offsets[:-1]
+    n_u = split.train_end - starts
+    n_win = np.where(n_u >= 2, -(-(n_u - 1) // max_len), 0)
+    user = np.repeat(np.arange(len(n_u)), n_win)
+    j = np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)  # window index, 0 = most recent
+    end = split.train_end[user] - j * max_len  # exclusive end row of the window's targets
+    first = np.maximum(starts[user] + 1, end - max_len)  # first target row
+    length = end - first
+    col = np.arange(max_len)[None, :] - (max_len - length[:, None])  # (n_windows, max_len)
+    valid = col >= 0
+    rows = np.where(valid, first[:, None] + col, 1)
+    targets = np.where(valid, inter.item[rows], -1)
+    inputs = np.where(valid, inter.item[rows - 1], -1)
+    return inputs, targets
+
+
+class SASRec:
+    name = "sasrec"
+
+    def __init__(self) -> None:
+        self.net: SASRecNet | None = None
+        self.fit_log = None
+
+    def fit(self, inter: Interactions, split: Split, cfg) -> None:
+        ecfg = eval_config(cfg)
+        rng = seed_everything(ecfg.seed, ecfg.baseline_threads)
+        inputs, targets = training_windows(inter, split, ecfg.baseline_max_len)
+        self.net = SASRecNet(inter.n_items, ecfg.baseline_dim, ecfg.baseline_max_len)
+        opt = torch.optim.Adam(self.net.parameters(), lr=ecfg.baseline_lr)
+        valid = split_valid_targets(split)
+        cut = int(ecfg.select_metric.partition("@")[2] or ecfg.top_k)
+
+        def train_epoch(epoch: int) -> float:
+            total, n = 0.0, 0
+            steps = list(batches(len(inputs), ecfg.baseline_batch_size, rng))
+            for idx in tqdm(steps, desc=f"sasrec epoch {epoch}", leave=False, disable=None):
+                x, y = torch.from_numpy(inputs[idx]), torch.from_numpy(targets[idx])
+                h = self.net(x)[y >= 0]  # (n_positions, dim)
+                logits = h @ self.net.item.weight[: inter.n_items].T  # (n_positions, n_items)
+                loss = nn.functional.cross_entropy(logits, y[y >= 0])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, n = total + loss.item() * len(h), n + len(h)
+            return total / max(n, 1)
+
+        def validate() -> float:
+            recs = self.recommend(inter, valid, cut)
+            return select_score(recs, inter.item[valid], ecfg.select_metric)
+
+        self.fit_log = fit_early_stopping(self.net, train_epoch, validate, ecfg.baseline_epochs, ecfg.patience,
+                                          ecfg.select_metric, name=self.name)
+
+    @torch.no_grad()
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+        if self.net is None:
+            raise RuntimeError("SASRec.recommend called before fit")
+        self.net.eval()
+        out = []
+        for start in range(0, len(targets), chunk):
+            t = targets[start : start + chunk]
+            hist, _, _ = padded_histories(inter, t, self.net.max_len)
+            scores = self.net.scores(torch.from_numpy(hist)).numpy().astype(np.float64)
+            out.append(top_k(mask_history(scores, inter, t), k))
+        return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+    def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> None:
+        return None

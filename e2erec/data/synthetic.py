@@ -1,0 +1,196 @@
+"""Synthetic interactions with planted structure, deterministic by seed, 1K to 100M events.
+
+Generative story (all vectorised numpy; users are generated in chunks of ~1M events so temporaries stay small):
+
+- K interest clusters with centres c_k ~ N(0, I_d). Item i belongs to cluster z_i (uniform) with factor
+  f_i = c_{z_i} + 0.5 * N(0, I_d) and popularity weight w_i ∝ rank_i^(-popularity_exponent) (Zipf, random ranks).
+- Text carries the cluster: each cluster has its own vocabulary of made-up words; an item's text samples 6 words
+  from its cluster's vocabulary, 2 from a second random cluster and 2 shared words; its category is its cluster's
+  genre (plus, for 20% of items, the second cluster's). Content-based semantic IDs can therefore recover clusters.
+- User u has a mixture π_u over `interests_per_user` clusters (Dirichlet(1) weights). Its first event draws the
+  current interest s ~ π_u; before every later event the interest is redrawn from π_u with probability `drift`.
+- Event item: with probability `explore` from global popularity w, else from the current cluster's items ∝ w.
+- Feedback: P(positive) = σ(3·(cos(f_i, c_s) − 0.5) + b_i), with item bias b_i ~ N(0, 0.5²); the label is drawn from
+  it and the rating is 4–5 for a positive, 1–3 otherwise (so `positive_threshold: 4` recovers the label).
+- Timestamps: a user starts at a uniform time in 2015–2020; gaps are 1 + Exponential(1 day) seconds.
+
+Planted ground truth (`Interactions.planted`; contiguous ids, re-indexed by the pipeline):
+
+    prob              float32 [n_events]  true P(positive) of the event — calibration can be checked against it
+    user_interest     int64   [n_events]  the interest s the event was drawn under
+    item_factors      float32 [n_items, dim];  interest_centers float32 [n_interests, dim]
+    item_interest     int64   [n_items]   the item's cluster z_i
+    item_weight       float64 [n_items]   popularity weight w_i (normalised over all generated items)
+    interest_weight   float64 [n_interests]  W_k = Σ_{z_i = k} w_i over all generated items
+    user_mixture      float32 [n_users, n_interests]  π_u
+
+`planted_next_item_probs(inter, targets)` turns these into the Bayes-optimal next-item distribution for a target
+event given the latent interest of the event before it (the ceiling any recommender can reach on this data);
+`planted_affinity(inter, targets)` is the oracle item_factors · c_s ranking under the target's own interest.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from e2erec.data.config import SyntheticConfig
+from e2erec.data.sources import RawData, make_item_table
+from e2erec.data.types import Interactions
+
+CHUNK_EVENTS = 1 << 20  # ~1M events per chunk: ~100 MB of temporaries, independent of the dataset size
+_SYLLABLES = ["ka", "lo", "mi", "ra", "tu", "ve", "no", "si", "ba", "de", "fu", "gi", "ho", "ju", "ze", "pa", "qu",
+              "ry", "sa", "to", "wi", "xe", "yo", "ni"]
+WORDS_PER_INTEREST = 40
+SHARED_WORDS = 60
+T_START, T_SPAN = 1_420_070_400, 5 * 365 * 86_400  # 2015-01-01, five years
+
+
+def _vocabulary(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n distinct made-up words of 2-4 syllables."""
+    words: dict[str, None] = {}
+    while len(words) < n:
+        k = int(rng.integers(2, 5))
+        words["".join(rng.choice(_SYLLABLES, size=k))] = None
+    return np.array(list(words), dtype=object)
+
+
+def _items(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    K, d, n = cfg.n_interests, cfg.dim, cfg.n_items
+    centers = rng.normal(size=(K, d)).astype(np.float32)
+    cluster = rng.integers(0, K, n)
+    factors = (centers[cluster] + 0.5 * rng.normal(size=(n, d))).astype(np.float32)
+    weight = (rng.permutation(n) + 1.0) ** -cfg.popularity_exponent
+    weight /= weight.sum()
+    vocab = _vocabulary(rng, K * WORDS_PER_INTEREST + SHARED_WORDS)
+    own = vocab[:K * WORDS_PER_INTEREST].reshape(K, WORDS_PER_INTEREST)  # (K, words per interest)
+    shared = vocab[K * WORDS_PER_INTEREST:]
+    second = (cluster + rng.integers(1, max(K, 2), n)) % K  # another cluster (itself when K = 1)
+    w_own = own[cluster[:, None], rng.integers(0, WORDS_PER_INTEREST, (n, 6))]  # (n, 6)
+    w_second = own[second[:, None], rng.integers(0, WORDS_PER_INTEREST, (n, 2))]  # (n, 2)
+    w_shared = shared[rng.integers(0, SHARED_WORDS, (n, 2))]  # (n, 2)
+    words = np.concatenate([w_own, w_second, w_shared], axis=1)
+    words = np.take_along_axis(words, rng.permuted(np.tile(np.arange(10), (n, 1)), axis=1), axis=1)
+    text = [" ".join(row) for row in words.tolist()]
+    title = [f"{a.capitalize()} {b}" for a, b in w_own[:, :2].tolist()]
+    multi = rng.random(n) < 0.2
+    cats = [[f"genre-{c:02d}"] + ([f"genre-{s:02d}"] if m and s != c else [])
+            for c, s, m in zip(cluster.tolist(), second.tolist(), multi.tolist())]
+    year = (1980 + cluster * 37 % 40 + rng.integers(0, 5, n)).tolist()
+    table = make_item_table([str(i) for i in range(n)], title, text, cats, year)
+    truth = {"item_factors": factors, "interest_centers": centers, "item_interest": cluster.astype(np.int64),
+             "item_weight": weight, "interest_weight": np.bincount(cluster, weights=weight, minlength=K)}
+    return table, truth
+
+
+def generate(cfg: SyntheticConfig, progress: bool = True) -> RawData:
+    """Generate `cfg.n_events` events (see the module docstring); deterministic given `cfg`."""
+    cfg.validate()
+    rng = np.random.default_rng(cfg.seed)
+    items, truth = _items(cfg, rng)
+    U, K, E, m = cfg.n_users, cfg.n_interests, cfg.n_events, cfg.interests_per_user
+    centers, factors, cluster, weight = truth["interest_centers"], truth["item_factors"], truth["item_interest"], truth["item_weight"]
+    bias = rng.normal(0, 0.5, cfg.n_items).astype(np.float32)
+    unit_f = factors / np.linalg.norm(factors, axis=1, keepdims=True)
+    unit_c = centers / np.linalg.norm(centers, axis=1, keepdims=True)
+
+    # Per-cluster inverse-CDF table: items sorted by cluster, cumulative weight normalised into (k, k+1].
+    by_cluster = np.argsort(cluster, kind="stable")
+    ctot = np.bincount(cluster, weights=weight, minlength=K)
+    cstart = np.concatenate([[0.0], np.cumsum(ctot)[:-1]])
+    table = cluster[by_cluster] + (np.cumsum(weight[by_cluster]) - cstart[cluster[by_cluster]]) / np.maximum(ctot, 1e-300)[cluster[by_cluster]]
+    global_cdf = np.cumsum(weight)
+    empty = ctot <= 0
+
+    # Lengths: >= 3 per user (train/valid/test), the rest spread by log-normal activity.
+    activity = rng.lognormal(0.0, 1.0, U)
+    lens = 3 + rng.multinomial(E - 3 * U, activity / activity.sum())
+    interests = np.argsort(rng.random((U, K)), axis=1)[:, :m]  # (U, m) distinct clusters per user
+    mix_w = rng.dirichlet(np.ones(m), U).astype(np.float32)  # (U, m)
+    mixture = np.zeros((U, K), np.float32)
+    np.put_along_axis(mixture, interests, mix_w, axis=1)
+    start_time = T_START + rng.integers(0, T_SPAN, U)
+
+    user = np.empty(E, np.int32)  # raw ids only (re-encoded by the pipeline): half the memory at 100M events
+    item = np.empty(E, np.int64)
+    ts = np.empty(E, np.int64)
+    feedback = np.empty(E, np.float32)
+    prob = np.empty(E, np.float32)
+    state = np.empty(E, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    bounds = np.searchsorted(offsets, np.arange(0, E, CHUNK_EVENTS), side="right") - 1
+    bounds = np.unique(np.concatenate([bounds, [U]]))
+    for u0, u1 in tqdm(list(itertools.pairwise(bounds)), desc="synthetic", unit="chunk", disable=not progress):
+        lo, hi = offsets[u0], offsets[u1]
+        n = hi - lo
+        uid = np.repeat(np.arange(u0, u1), lens[u0:u1])
+        first = np.zeros(n, bool)
+        first[offsets[u0:u1] - lo] = True
+        switch = first | (rng.random(n) < cfg.drift)
+        cdf = np.cumsum(mix_w[uid], axis=1)  # (n, m)
+        pick = np.minimum((cdf < rng.random(n)[:, None] * cdf[:, -1:]).sum(axis=1), m - 1)
+        draw = interests[uid, pick]
+        # Carry each drawn interest forward until the next switch (every user's first event switches).
+        s = draw[np.maximum.accumulate(np.where(switch, np.arange(n), 0))]
+        r = rng.random(n)
+        in_cluster = by_cluster[np.minimum(np.searchsorted(table, s + r, side="left"), len(table) - 1)]
+        popular = np.minimum(np.searchsorted(global_cdf, r * global_cdf[-1]), cfg.n_items - 1)
+        it = np.where((rng.random(n) < cfg.explore) | empty[s], popular, in_cluster)
+        cos = np.einsum("nd,nd->n", unit_f[it], unit_c[s])
+        p = 1.0 / (1.0 + np.exp(-(3.0 * (cos - 0.5) + bias[it])))
+        pos = rng.random(n) < p
+        rating = np.where(pos, 4 + (rng.random(n) < 0.5), 1 + rng.integers(0, 3, n))
+        gaps = 1 + rng.exponential(86_400.0, n).astype(np.int64)
+        gaps[first] = 0
+        csum = np.cumsum(gaps)
+        user_base = np.repeat(csum[offsets[u0:u1] - lo], lens[u0:u1])
+        user[lo:hi], item[lo:hi], state[lo:hi] = uid, it, s
+        ts[lo:hi] = start_time[uid] + csum - user_base
+        feedback[lo:hi], prob[lo:hi] = rating, p
+    truth["user_mixture"] = mixture
+    return RawData(
+        user=pa.array(user), item=pa.array(item), timestamp=ts, feedback=feedback, items=items, source="synthetic",
+        extra={"prob": prob, "user_interest": state}, planted_static=truth,
+        meta={"synthetic": {"drift": cfg.drift, "explore": cfg.explore, "seed": cfg.seed}},
+    )
+
+
+def _previous_interest_probs(inter: Interactions, targets: np.ndarray) -> np.ndarray:
+    """P(interest at target = k | interest of the event before it): float64 [n_targets, n_interests]."""
+    drift = float(inter.meta["synthetic"]["drift"])
+    targets = np.asarray(targets, np.int64)
+    user = inter.user_of(targets)
+    if np.any(targets <= np.asarray(inter.offsets)[user]):
+        raise ValueError("every target needs an earlier event of its user")
+    prev = np.asarray(inter.planted["user_interest"])[targets - 1]
+    pz = drift * np.asarray(inter.planted["user_mixture"], np.float64)[user]  # (n, K)
+    pz[np.arange(len(targets)), prev] += 1.0 - drift
+    return pz
+
+
+def planted_next_item_probs(inter: Interactions, targets: np.ndarray) -> np.ndarray:
+    """Bayes-optimal P(next item) for target events, float32 [n_targets, n_items] (rank items by it).
+
+    P(i) = Σ_k P(s_t = k | s_{t-1}) · P(i | k), with P(s_t = k | s_{t-1}) = (1 − drift)·[k = s_{t-1}] + drift·π_u[k]
+    and P(i | k) = (1 − explore)·[z_i = k]·w_i / W_k + explore·w_i (W_k = Σ_{z_j = k} w_j). Items removed by the
+    pipeline's filters are absent, so rows sum to <= 1.
+    """
+    explore = float(inter.meta["synthetic"]["explore"])
+    w = np.asarray(inter.planted["item_weight"], np.float64)
+    z = np.asarray(inter.planted["item_interest"])
+    # Masses over all generated items: items never drawn (so absent here) keep their share of the normalisation.
+    wk = np.asarray(inter.planted["interest_weight"], np.float64)
+    K = len(wk)
+    p_item_given_k = np.zeros((K, len(w)))
+    p_item_given_k[z, np.arange(len(w))] = np.where(wk[z] > 0, (1 - explore) * w / np.maximum(wk[z], 1e-300), 0)
+    p_item_given_k += explore * w[None, :]
+    return (_previous_interest_probs(inter, targets) @ p_item_given_k).astype(np.float32)
+
+
+def planted_affinity(inter: Interactions, targets: np.ndarray) -> np.ndarray:
+    """Oracle affinity item_factors · c_s under each target's own planted interest s: float32 [n_targets, n_items]."""
+    s = np.asarray(inter.planted["user_interest"])[np.asarray(targets, np.int64)]
+    return np.asarray(inter.planted["interest_centers"])[s] @ np.asarray(inter.planted["item_factors"]).T

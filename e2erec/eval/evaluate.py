@@ -1,0 +1,145 @@
+"""Evaluate fitted systems on the same test targets: every metric with a bootstrap interval, per segment.
+
+`evaluate_system` returns a plain dict (JSON-ready); `e2erec.eval.report.evaluate_systems` runs it for every system
+with one shared set of bootstrap resamples, so differences between systems are paired.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+
+from e2erec.data.types import Interactions, Split
+from e2erec.eval import metrics as M
+from e2erec.eval.config import EvalConfig
+from e2erec.eval.protocol import Recommender, mask_history, target_users, top_k
+
+HISTORY_BUCKETS = (1, 6, 11, 21, 51, 101, 201)  # lower edges of the history-length buckets (events before target)
+HEADLINE = "ndcg@10"
+
+
+def history_bucket_labels() -> list[str]:
+    edges = list(HISTORY_BUCKETS)
+    return [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)] + [f">={edges[-1]}"]
+
+
+class Context:
+    """What every system is measured against: targets, users, segments, bootstrap weights, planted truth."""
+
+    def __init__(self, inter: Interactions, split: Split, cfg: EvalConfig):
+        self.inter, self.split, self.cfg = inter, split, cfg
+        self.targets = np.asarray(split.test, dtype=np.int64)
+        if len(self.targets) == 0:
+            from e2erec.errors import DataError
+
+            raise DataError("the split has no test targets: nothing to evaluate")
+        self.items = np.asarray(inter.item)[self.targets]
+        self.labels = np.asarray(inter.label)[self.targets].astype(np.float64)
+        self.users = target_users(inter, self.targets)
+        offsets = np.asarray(inter.offsets)
+        self.history_len = self.targets - offsets[self.users]
+        train_len = np.asarray(split.train_end)[self.users] - offsets[self.users]
+        self.popularity = np.asarray(inter.items.popularity, dtype=np.float64)
+        self.head = M.head_items(self.popularity, cfg.long_tail_share)
+        self.segments = {
+            f"short_history (<= {cfg.short_history} training events)": train_len <= cfg.short_history,
+            "long_tail_target (test item outside the head)": ~self.head[self.items],
+        }
+        self.bucket = np.searchsorted(np.array(HISTORY_BUCKETS), self.history_len, side="right") - 1
+        self.boot = M.bootstrap_weights(self.users, cfg.bootstrap, cfg.seed) if cfg.bootstrap > 0 else None
+        self.k = max(cfg.top_k, max(cfg.ks))
+        self.planted_top = self._planted_top(10)
+
+    def _planted_top(self, k: int) -> np.ndarray | None:
+        """Top-k items of the planted Bayes-optimal next-item distribution (synthetic data only), history excluded."""
+        if "item_weight" not in self.inter.planted or "synthetic" not in self.inter.meta:
+            return None
+        from e2erec.data.synthetic import planted_next_item_probs
+
+        out = []
+        for chunk in np.array_split(np.arange(len(self.targets)), max(1, len(self.targets) // 2048)):
+            t = self.targets[chunk]
+            scores = planted_next_item_probs(self.inter, t).astype(np.float64)
+            out.append(top_k(mask_history(scores, self.inter, t), k))
+        return np.concatenate(out)
+
+    def summary(self) -> dict:
+        return {
+            "n_test_targets": len(self.targets),
+            "n_test_users": len(np.unique(self.users)),
+            "n_items": int(self.inter.n_items),
+            "protocol": self.split.protocol,
+            "top_k": int(self.k),
+            "test_positive_rate": float(self.labels.mean()),
+            "bootstrap_resamples": int(self.cfg.bootstrap),
+            "segments": {name: int(mask.sum()) for name, mask in self.segments.items()},
+            "head_items": int(self.head.sum()),
+            "planted": self.planted_top is not None,
+        }
+
+
+def _ranking_block(per_event: dict[str, np.ndarray], mask: np.ndarray | None, boot: np.ndarray | None) -> dict:
+    sel = slice(None) if mask is None else mask
+    w = None if boot is None else boot[:, sel]
+    return {name: M.mean_with_ci(v[sel], w) for name, v in per_event.items()}
+
+
+def evaluate_system(system: Recommender, ctx: Context) -> dict:
+    """All metrics of one fitted system on `ctx.targets`."""
+    cfg = ctx.cfg
+    t0 = time.perf_counter()
+    recs = np.asarray(system.recommend(ctx.inter, ctx.targets, ctx.k))
+    rec_seconds = time.perf_counter() - t0
+    if recs.shape != (len(ctx.targets), ctx.k):
+        raise ValueError(f"{system.name}.recommend returned shape {recs.shape}, expected {(len(ctx.targets), ctx.k)}")
+    ranks = M.target_ranks(recs, ctx.items)
+    per_event = M.ranking_metrics(ranks, cfg.ks)
+    per_event["long_tail_share"] = M.long_tail_rate(recs, ctx.head)
+    per_event["novelty"] = M.novelty(recs, ctx.popularity)
+    if ctx.planted_top is not None:
+        cut = ctx.planted_top.shape[1]
+        hits = (recs[:, :cut, None] == ctx.planted_top[:, None, :]) & (ctx.planted_top[:, None, :] >= 0)
+        per_event["planted_recall@10"] = hits.any(axis=1).sum(axis=1) / np.maximum((ctx.planted_top >= 0).sum(1), 1)
+
+    overall = _ranking_block(per_event, None, ctx.boot)
+    overall["coverage"] = {"value": M.coverage(recs, ctx.inter.n_items), "lo": float("nan"), "hi": float("nan")}
+    segments = {name: {"n": int(mask.sum()), **_ranking_block(per_event, mask, ctx.boot)}
+                for name, mask in ctx.segments.items()}
+    by_length = {"buckets": history_bucket_labels(), "n": [], "hr@10": [], HEADLINE: []}
+    for b in range(len(HISTORY_BUCKETS)):
+        m = ctx.bucket == b
+        by_length["n"].append(int(m.sum()))
+        by_length["hr@10"].append(float(M.hit_rate(ranks[m], 10).mean()) if m.any() else float("nan"))
+        by_length[HEADLINE].append(float(M.ndcg(ranks[m], 10).mean()) if m.any() else float("nan"))
+
+    t0 = time.perf_counter()
+    proba = system.predict_proba(ctx.inter, ctx.targets, ctx.items)
+    proba_seconds = time.perf_counter() - t0
+    calibration, reliability = None, None
+    if proba is not None:
+        proba = np.asarray(proba, dtype=np.float64).reshape(-1)
+        if proba.shape != (len(ctx.targets),) or not np.all((proba >= 0) & (proba <= 1)):
+            raise ValueError(f"{system.name}.predict_proba must return [n_targets] probabilities in [0, 1]")
+        calibration = M.calibration_metrics(proba, ctx.labels, ctx.users, cfg.ece_bins, ctx.boot)
+        reliability = M.reliability(proba, ctx.labels, cfg.ece_bins)
+    fit_log = getattr(system, "fit_log", None)
+    if fit_log is not None and hasattr(fit_log, "to_dict"):
+        fit_log = fit_log.to_dict()
+    return {
+        "name": system.name,
+        "overall": overall,
+        "calibration": calibration,
+        "reliability": reliability,
+        "segments": segments,
+        "by_history_length": by_length,
+        "fit_log": fit_log,
+        "seconds": {"recommend": rec_seconds, "predict_proba": proba_seconds},
+        "_per_event": per_event,  # kept in memory for paired comparisons; dropped from the JSON
+    }
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, boot: np.ndarray | None) -> dict[str, float]:
+    """Mean of a - b over the same targets with a bootstrap interval from the same user resamples."""
+    return M.mean_with_ci(np.asarray(a) - np.asarray(b), boot)

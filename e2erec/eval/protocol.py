@@ -1,0 +1,101 @@
+"""The interface every evaluated system implements, and the history helpers they share.
+
+A *target* is a flat event index `i` (from `Split.valid` or `Split.test`); its history is every earlier event of
+the same user, rows ``offsets[u] : i``. Systems see only that history at recommendation time, and `fit` sees only
+training events (rows ``offsets[u] : train_end[u]``) plus the validation targets for early stopping.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from e2erec.data.types import Interactions, Split
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """One evaluated system: a baseline, or the end-to-end model behind the same three calls."""
+
+    name: str
+
+    def fit(self, inter: Interactions, split: Split, cfg) -> None:
+        """Train on the split's training events; early-stop on `split.valid`. `cfg` is the run config."""
+
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
+        """[n_targets, k] item ids for each target's history, excluding items already in that history."""
+
+    def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> np.ndarray | None:
+        """P(positive feedback) of each target's history with `items[j]`; None without a calibrated head."""
+
+
+def target_users(inter: Interactions, targets: np.ndarray) -> np.ndarray:
+    return inter.user_of(np.asarray(targets, dtype=np.int64))
+
+
+def padded_histories(
+    inter: Interactions, targets: np.ndarray, max_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The last `max_len` history events of each target, right-aligned (most recent last), padded on the left.
+
+    Returns (items, labels, lengths): items int64 [n, max_len] with -1 as padding, labels int8 [n, max_len]
+    (0 under padding), lengths int64 [n] (<= max_len). Example: a history [7, 3, 9] with max_len 4 gives
+    items [-1, 7, 3, 9].
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    start = inter.offsets[target_users(inter, targets)]
+    lengths = np.minimum(targets - start, max_len)
+    col = np.arange(max_len)[None, :] - (max_len - lengths[:, None])  # (n, max_len): offset into the window
+    valid = col >= 0
+    rows = np.where(valid, targets[:, None] - lengths[:, None] + col, 0)
+    items = np.where(valid, inter.item[rows], -1)
+    labels = np.where(valid, inter.label[rows], 0).astype(np.int8)
+    return items, labels, lengths
+
+
+def history_csr(inter: Interactions, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every history item of each target (not truncated): (row of each history event, its item id)."""
+    targets = np.asarray(targets, dtype=np.int64)
+    start = inter.offsets[target_users(inter, targets)]
+    lengths = targets - start
+    rows = np.repeat(np.arange(len(targets)), lengths)
+    first = np.repeat(start - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return rows, inter.item[np.arange(lengths.sum()) + first]
+
+
+def mask_history(scores: np.ndarray, inter: Interactions, targets: np.ndarray) -> np.ndarray:
+    """Set the scores [n_targets, n_items] of items already in each target's history to -inf, in place."""
+    rows, items = history_csr(inter, targets)
+    scores[rows, items] = -np.inf
+    return scores
+
+
+def top_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray:
+    """The k highest-scoring ids per row, best first; -inf scores (masked items) become -1 padding.
+
+    `ids` [n, m] maps columns to item ids (default: the column index). Inside the list, equal scores are ordered
+    by column; at the cutoff itself a tie is broken by `argpartition`.
+    """
+    n, m = scores.shape
+    k_eff = min(k, m)
+    if k_eff < m:
+        part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+    else:
+        part = np.tile(np.arange(m), (n, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)  # by score descending, then column
+    cols = np.take_along_axis(part, order, axis=1)
+    out = cols if ids is None else np.take_along_axis(ids, cols, axis=1)
+    out = np.where(np.isneginf(np.take_along_axis(scores, cols, axis=1)), -1, out)
+    if k_eff < k:
+        out = np.concatenate([out, np.full((n, k - k_eff), -1, dtype=out.dtype)], axis=1)
+    return out
+
+
+def training_targets(inter: Interactions, split: Split, min_history: int = 1) -> np.ndarray:
+    """Flat indices of training events with at least `min_history` earlier events (the next-item training pairs)."""
+    starts = inter.offsets[:-1]
+    lengths = np.maximum(split.train_end - starts - min_history, 0)
+    base = np.repeat(starts + min_history - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(lengths.sum()) + base

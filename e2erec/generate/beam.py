@@ -1,0 +1,221 @@
+"""Trie-constrained, steerable beam search over semantic IDs, generic over the model.
+
+The model is a `step_fn(level, prefix_codes [B, beams, level], state) -> log-probs [B, beams, K_level]`; the search
+keeps `beam_size` prefixes per user, extends each by every code the trie allows, and keeps the best. Only real items
+come out, because a code is allowed only where the trie has a child.
+
+Steering is applied INSIDE the search (so top-K stays full) by propagating per-item values up the trie:
+value(item) = bonus(item) where the item is allowed, -inf where not; value(node) = max over the items below it.
+A candidate prefix is ranked by log P(prefix) + value(node): a node without an allowed item below is never entered,
+and the bonus term is the best bonus still reachable — an admissible (optimistic) heuristic, as in A*; the final
+score of an item is log P(item codes) + bonus(item). Exploration reserves `ceil(explore_share * top_k)` slots for
+long-tail items: a second group of beams searches only long-tail items, and the two result lists are merged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from e2erec.errors import DataError
+from e2erec.eval.config import SteeringConfig
+from e2erec.tokenizer.trie import PrefixTrie
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class BeamState:
+    """What the search tells `step_fn` besides the prefixes, so a model can reorder its per-beam caches.
+
+    parent: long [B, beams], the beam (at the previous level) each current beam extends; None at level 0.
+    alive:  bool [B, beams], False for padding beams (their log-probs are ignored).
+    group:  long [beams], 0 = main beams, 1 = exploration beams.
+    """
+
+    parent: torch.Tensor | None
+    alive: torch.Tensor
+    group: torch.Tensor
+
+
+@dataclass
+class ItemInfo:
+    """Per-item side information steering needs, as tensors: a category multi-hot, release year, long-tail flag."""
+
+    categories: list[str]  # column names of `multi_hot`
+    multi_hot: torch.Tensor  # bool [n_items, n_categories]
+    year: torch.Tensor  # long [n_items], -1 = unknown
+    long_tail: torch.Tensor  # bool [n_items]: outside the most popular (1 - long_tail_share) of the catalogue
+
+    @classmethod
+    def from_table(cls, items, long_tail_share: float = 0.8) -> ItemInfo:
+        """From an `ItemTable`; long tail = the `long_tail_share` least popular items (by training popularity)."""
+        names = sorted({c for cats in items.categories for c in cats})
+        col = {c: j for j, c in enumerate(names)}
+        multi_hot = torch.zeros(items.n_items, len(names), dtype=torch.bool)
+        for i, cats in enumerate(items.categories):
+            multi_hot[i, [col[c] for c in cats]] = True
+        pop = np.asarray(items.popularity, dtype=np.int64)
+        order = np.argsort(-pop, kind="stable")  # most popular first; ties by item id
+        long_tail = np.ones(items.n_items, dtype=bool)
+        long_tail[order[: round((1 - long_tail_share) * items.n_items)]] = False
+        return cls(names, multi_hot, torch.as_tensor(np.asarray(items.year, dtype=np.int64)),
+                   torch.from_numpy(long_tail))
+
+
+def item_values(steering: SteeringConfig | None, info: ItemInfo | None, n_items: int) -> torch.Tensor:
+    """Per-item value float [n_items] from the user-independent steering: bonus, or -inf where excluded."""
+    value = torch.zeros(n_items)
+    if steering is None:
+        return value
+    needs_info = steering.include_categories or steering.boost_categories or steering.freshness_weight \
+        or steering.explore_share
+    if needs_info and info is None:
+        raise DataError("steering by category, freshness or exploration needs item_info (ItemInfo.from_table)")
+    if not needs_info:
+        return value
+    col = {c: j for j, c in enumerate(info.categories)}
+    for name in [*steering.include_categories, *steering.boost_categories]:
+        if name not in col:
+            raise DataError(f"eval.steering: unknown category {name!r}; the items have {info.categories}")
+    if steering.include_categories:
+        allowed = info.multi_hot[:, [col[c] for c in steering.include_categories]].any(1)
+        value[~allowed] = NEG_INF
+    for name, bonus in steering.boost_categories.items():
+        value += bonus * info.multi_hot[:, col[name]].float()
+    if steering.freshness_weight:
+        known = info.year >= 0
+        if known.any():
+            lo, hi = info.year[known].min(), info.year[known].max()
+            fresh = ((info.year - lo).float() / max(int(hi - lo), 1)).clamp(0, 1)
+            value += steering.freshness_weight * torch.where(known, fresh, torch.zeros_like(fresh))
+    return value
+
+
+def _seen_mask(seen, batch_size: int, n_items: int, device) -> torch.Tensor | None:
+    """bool [B, n_items] from per-user item lists, or from jagged (offsets [B+1], items)."""
+    if seen is None:
+        return None
+    mask = torch.zeros(batch_size, n_items, dtype=torch.bool, device=device)
+    if isinstance(seen, tuple):
+        offsets, items = (torch.as_tensor(t, device=device) for t in seen)
+        rows = torch.repeat_interleave(torch.arange(batch_size, device=device), offsets.diff())
+        mask[rows, items.long()] = True
+    else:
+        for b, items in enumerate(seen):
+            mask[b, torch.as_tensor(items, dtype=torch.long, device=device)] = True
+    return mask
+
+
+def node_values(trie: PrefixTrie, item_value: torch.Tensor) -> list[torch.Tensor]:
+    """Propagate per-item values [G, n_items] up the trie: per depth 1..n_levels, float [G, n_nodes(depth)] =
+    the max value over the items below each node (-inf: no allowed item below)."""
+    out = []
+    for depth in range(1, trie.n_levels + 1):
+        idx = trie.item_node[depth].to(item_value.device).expand_as(item_value)
+        v = torch.full((item_value.shape[0], trie.n_nodes(depth)), NEG_INF, device=item_value.device)
+        out.append(v.scatter_reduce_(1, idx, item_value, reduce="amax", include_self=True))
+    return out
+
+
+@torch.no_grad()
+def constrained_beam_search(
+    step_fn: Callable[[int, torch.Tensor, BeamState], torch.Tensor],
+    trie: PrefixTrie,
+    batch_size: int,
+    beam_size: int,
+    top_k: int,
+    *,
+    steering: SteeringConfig | None = None,
+    item_info: ItemInfo | None = None,
+    seen: Sequence[Sequence[int]] | tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-K items per user: (items long [B, top_k], scores float [B, top_k]), best first; -1 / -inf pad a row only
+    when fewer than top_k items are allowed for that user. `seen` (per-user item lists, or jagged offsets + items)
+    is excluded when `steering.exclude_seen`. With beam_size >= the number of items the search is exhaustive."""
+    if beam_size < top_k:
+        raise ValueError(f"beam_size ({beam_size}) must be >= top_k ({top_k})")
+    device = trie.device
+    n_items = trie.leaf_item.numel()
+    explore = math.ceil(steering.explore_share * top_k) if steering is not None and steering.explore_share > 0 else 0
+
+    # Per-item values: [B or 1, n_items], then one row per beam group (main, exploration).
+    static = item_values(steering, item_info, n_items).to(device)
+    per_user = static[None, :]
+    if steering is not None and steering.exclude_seen and seen is None:
+        raise ValueError("steering.exclude_seen is set but no `seen` items were given (pass seen=, or set "
+                         "eval.steering.exclude_seen=false)")
+    if steering is not None and steering.exclude_seen:
+        mask = _seen_mask(seen, batch_size, n_items, device)
+        per_user = per_user.masked_fill(mask, NEG_INF)
+    groups = [per_user]
+    if explore:
+        groups.append(per_user.masked_fill(~item_info.long_tail.to(device)[None, :], NEG_INF))
+    b_rows = per_user.shape[0]
+    values = node_values(trie, torch.cat(groups, 0))  # per depth: [G * b_rows, n_nodes]
+    values = [v.view(len(groups), b_rows, -1) for v in values]  # (G, b_rows, n_nodes)
+
+    n_groups = len(groups)
+    beams = n_groups * beam_size
+    group = torch.arange(n_groups, device=device).repeat_interleave(beam_size)  # (beams,)
+    node = torch.zeros(batch_size, beams, dtype=torch.long, device=device)
+    score = torch.full((batch_size, beams), NEG_INF, device=device)
+    score[:, ::beam_size] = 0.0  # one live root beam per group
+    prefix = torch.zeros(batch_size, beams, 0, dtype=torch.long, device=device)
+    parent = None
+    rows = torch.arange(batch_size, device=device)[:, None]
+    user_row = rows if b_rows > 1 else torch.zeros_like(rows)
+    for level in range(trie.n_levels):
+        alive = score > NEG_INF
+        logp = step_fn(level, prefix, BeamState(parent, alive, group))  # (B, beams, K)
+        k = logp.shape[-1]
+        valid, child = trie.step(level, torch.where(alive, node, torch.full_like(node, -1)))  # (B, beams, K)
+        # Heuristic: the best value still reachable below each child node.
+        h = values[level][group[None, :, None], user_row[:, :, None], child.clamp_min(0)]  # (B, beams, K)
+        cum = score[..., None] + logp.float()  # (B, beams, K)
+        rank = torch.where(valid, cum + h, torch.full_like(cum, NEG_INF))
+        # Select per group: (B, G, beam_size * K) -> top beam_size.
+        rank_g = rank.view(batch_size, n_groups, beam_size * k)
+        top_rank, top_idx = rank_g.topk(beam_size, dim=-1)  # (B, G, beam_size)
+        src_beam = top_idx // k + (torch.arange(n_groups, device=device) * beam_size)[None, :, None]
+        src_beam = src_beam.view(batch_size, beams)
+        code = (top_idx % k).view(batch_size, beams)
+        keep = top_rank.view(batch_size, beams) > NEG_INF
+        score = torch.where(keep, cum.view(batch_size, beams * k).gather(1, src_beam * k + code),
+                            torch.full_like(score, NEG_INF))
+        node = torch.where(keep, child.view(batch_size, beams * k).gather(1, src_beam * k + code),
+                           torch.full_like(node, -1))
+        prefix = torch.cat([prefix.gather(1, src_beam[..., None].expand(-1, -1, level)), code[..., None]], -1)
+        parent = src_beam
+    items = trie.items_of_leaves(node)  # (B, beams)
+    final = score + values[-1][group[None, :], user_row, node.clamp_min(0)]
+    final = torch.where(items >= 0, final, torch.full_like(final, NEG_INF))
+    return _merge(items, final, group, top_k, explore)
+
+
+def _merge(items: torch.Tensor, score: torch.Tensor, group: torch.Tensor, top_k: int, explore: int):
+    """Top-K from the main beams, with `explore` slots going to the best exploration-beam items first."""
+    main_s = torch.where(group[None, :] == 0, score, torch.full_like(score, NEG_INF))
+    if not explore:
+        s, idx = main_s.topk(top_k, dim=1)
+        return torch.where(s > NEG_INF, items.gather(1, idx), torch.full_like(idx, -1)), s
+    out_items = torch.full((items.shape[0], top_k), -1, dtype=torch.long, device=items.device)
+    out_scores = torch.full((items.shape[0], top_k), NEG_INF, device=items.device)
+    for b in range(items.shape[0]):  # per user: small lists, the search itself stays batched
+        exp = [(float(s), int(i)) for s, i, g in zip(score[b], items[b], group) if g == 1 and s > NEG_INF]
+        main = [(float(s), int(i)) for s, i, g in zip(score[b], items[b], group) if g == 0 and s > NEG_INF]
+        exp.sort(key=lambda t: -t[0])
+        main.sort(key=lambda t: -t[0])
+        chosen = {i: s for s, i in exp[:explore]}
+        for s, i in main + exp[explore:]:  # the rest: best main items, then leftover long-tail items
+            if len(chosen) >= top_k:
+                break
+            chosen.setdefault(i, s)
+        ranked = sorted(chosen.items(), key=lambda t: -t[1])[:top_k]
+        out_items[b, : len(ranked)] = torch.tensor([i for i, _ in ranked], dtype=torch.long)
+        out_scores[b, : len(ranked)] = torch.tensor([s for _, s in ranked])
+    return out_items, out_scores

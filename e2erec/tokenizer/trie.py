@@ -1,0 +1,88 @@
+"""A prefix trie over semantic IDs, stored as dense per-level tensors for batched constrained decoding on any device.
+
+Nodes at depth l are the distinct code prefixes of length l, numbered in lexicographic order (depth 0: the root, 0).
+`children[l]` is int32 [n_nodes(l), K_l]: the id of the depth-(l+1) node reached by appending code c, or -1 when no
+item has that prefix. Leaves (depth n_levels) map to items through `leaf_item`. A worked example, K = (2, 3)::
+
+    item codes: 0 -> (0, 2), 1 -> (1, 0), 2 -> (0, 1)
+    children[0] = [[0, 1]]                   # root: code 0 -> node 0 = prefix (0,), code 1 -> node 1 = (1,)
+    children[1] = [[-1, 0, 1], [2, -1, -1]]  # leaves are numbered by full code: (0,1)=0, (0,2)=1, (1,0)=2
+    leaf_item   = [2, 0, 1]
+
+`item_node[l]` (long [n_items]) is the depth-l node on each item's path; steering aggregates per-item values up
+the trie with it (`scatter_reduce` over items -> nodes).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class PrefixTrie:
+    def __init__(self, children: list[torch.Tensor], leaf_item: torch.Tensor, item_node: list[torch.Tensor],
+                 codebook_sizes: list[int]):
+        self.children = children
+        self.leaf_item = leaf_item
+        self.item_node = item_node
+        self.codebook_sizes = list(codebook_sizes)
+
+    @classmethod
+    def build(cls, codes: torch.Tensor, codebook_sizes: list[int]) -> PrefixTrie:
+        """From unique codes long [n_items, n_levels] (duplicate rows are an error: a leaf names one item)."""
+        codes = codes.long().cpu()
+        n, levels = codes.shape
+        node = torch.zeros(n, dtype=torch.long)
+        item_node, children = [node], []
+        for level in range(levels):
+            k = codebook_sizes[level]
+            key = node * k + codes[:, level]  # (parent, code) pairs, as one int64 (n_nodes * K fits easily)
+            uniq, child = torch.unique(key, return_inverse=True)  # sorted: lexicographic node numbering
+            table = torch.full((int(node.max()) + 1, k), -1, dtype=torch.int32)
+            table.view(-1)[uniq] = torch.arange(uniq.numel(), dtype=torch.int32)
+            children.append(table)
+            node = child
+            item_node.append(node)
+        if node.numel() and int(node.max()) + 1 != n:
+            raise ValueError(f"{n - int(node.max()) - 1} items share their full code with another item")
+        leaf_item = torch.empty(n, dtype=torch.long)
+        leaf_item[node] = torch.arange(n)
+        return cls(children, leaf_item, item_node, codebook_sizes)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.children)
+
+    @property
+    def device(self) -> torch.device:
+        return self.leaf_item.device
+
+    def n_nodes(self, depth: int) -> int:
+        """Number of nodes at depth 0..n_levels (depth n_levels: leaves = items)."""
+        return self.leaf_item.numel() if depth == self.n_levels else self.children[depth].shape[0]
+
+    def to(self, device: torch.device | str) -> PrefixTrie:
+        return PrefixTrie([c.to(device) for c in self.children], self.leaf_item.to(device),
+                          [n.to(device) for n in self.item_node], self.codebook_sizes)
+
+    def step(self, level: int, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For depth-`level` node ids long [...] (-1 = dead beam): (valid next codes bool [..., K], child ids long
+        [..., K], -1 where invalid)."""
+        table = self.children[level]
+        child = table[nodes.clamp_min(0)].long()  # (..., K)
+        child = torch.where((nodes >= 0).unsqueeze(-1), child, torch.full_like(child, -1))
+        return child >= 0, child
+
+    def items_of_leaves(self, leaves: torch.Tensor) -> torch.Tensor:
+        """Leaf node ids (-1 allowed) -> item ids (-1 for -1)."""
+        return torch.where(leaves >= 0, self.leaf_item[leaves.clamp_min(0)], torch.full_like(leaves, -1))
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Full codes long [..., n_levels] -> item ids long [...], -1 where the codes name no item."""
+        codes = codes.to(self.device).long()
+        node = torch.zeros(codes.shape[:-1], dtype=torch.long, device=self.device)
+        for level in range(self.n_levels):
+            code = codes[..., level]
+            ok = (node >= 0) & (code >= 0) & (code < self.codebook_sizes[level])
+            nxt = self.children[level][node.clamp_min(0), code.clamp(0, self.codebook_sizes[level] - 1)].long()
+            node = torch.where(ok, nxt, torch.full_like(node, -1))
+        return self.items_of_leaves(node)

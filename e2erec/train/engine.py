@@ -1,0 +1,406 @@
+"""The training loop around DeepSpeed: one code path for 1 CPU process, torchrun, the deepspeed launcher and Slurm.
+
+    cfg -> task (data, semantic IDs, model factory) -> deepspeed.initialize(model, torch AdamW, warmup+cosine)
+        -> [resume] -> loop: grad_accum micro-batches -> agree across ranks (bad step? stop?) -> step
+                              -> log / eval / checkpoint -> stop: checkpoint, export, final.json
+
+The model knows nothing about DeepSpeed; the engine wraps it. Every rank runs the same number of forward passes
+(the data sampler gives each rank the same number of batches, evaluation pads ranks to the same count), which
+ZeRO-3 requires because each forward gathers parameters collectively.
+
+Stopping: `max_steps`, `max_tokens` (training tokens over all ranks) or `time_budget_s` (wall time summed over
+resumes). SIGTERM/SIGUSR1 (cluster preemption; Slurm: `--signal=B:USR1@T`) set a flag; at the next step boundary
+all ranks agree, checkpoint, and exit with EXIT_PREEMPTED so the sbatch script can requeue
+(`[ $? -eq 85 ] && scontrol requeue $SLURM_JOB_ID`). A NaN/inf loss on any rank skips the whole optimizer step on
+every rank (parameters and Adam moments untouched) and aborts after `train.max_bad_steps` such steps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from e2erec.config import RunConfig, save_resolved, to_dict
+from e2erec.errors import E2ERecError
+from e2erec.train import checkpoint as C
+from e2erec.train import distributed as D
+from e2erec.train.ds_config import deepspeed_config, resolve_precision
+from e2erec.train.observe import RunLogger, memory_stats, peak_tflops
+from e2erec.train.optim import build_optimizer, build_scheduler
+from e2erec.utils.io import atomic_write_json
+
+EXIT_PREEMPTED = 85  # checkpointed after SIGTERM/SIGUSR1: requeue and resume with train.resume=auto
+
+
+class TrainingAborted(E2ERecError):
+    """Too many NaN/inf losses: the run cannot continue as configured."""
+
+
+class TrainTask(Protocol):
+    """What the engine needs from the recommender side (`e2erec.train.task.RecTask` is the real one)."""
+
+    codebook_sizes: list[int]
+    data_fingerprint: str
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def make_sampler(self, rank: int, world_size: int): ...  # iterable of index batches; set_epoch(e); len()
+
+    def train_batch(self, indices, generator: torch.Generator): ...
+
+    def eval_sums(self, model: torch.nn.Module, rank: int, world_size: int, max_targets: int,
+                  device: torch.device) -> dict[str, float]: ...
+
+    def summarize_eval(self, sums: dict[str, float]) -> dict[str, Any]: ...
+
+    def artifact_ref(self) -> dict[str, Any]: ...
+
+
+class Trainer:
+    """Holds the DeepSpeed engine and the run's counters; `run()` is the whole job, `train_step()` one step."""
+
+    def __init__(self, cfg: RunConfig, task: TrainTask, info: D.DistInfo | None = None, run_dir: Path | None = None):
+        self.cfg, self.task = cfg, task
+        self.tcfg = cfg.train
+        self.info = info or D.init_distributed(cfg.train.device)
+        self.run_dir = Path(run_dir or cfg.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        on_gpu = self.info.device.type == "cuda"
+        self.precision = resolve_precision(self.tcfg.precision, on_gpu)
+
+        import deepspeed
+
+        if not on_gpu:
+            D.skip_cpu_shm_comm_build()
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            if "OMP_NUM_THREADS" not in os.environ and local_world > 1:
+                # Ranks on one host split its cores; torch's default (a thread per core in every rank) oversubscribes
+                # (on a busy 2-core machine we measured a tiny-model step at 6 s with 2 threads vs 0.35 s with 1).
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        # Same initial weights on every rank and in every rerun: each rank builds the model from this seed.
+        torch.manual_seed(cfg.seed)
+        model = task.build_model()
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.n_params_non_emb = model.num_params(non_embedding=True) if hasattr(model, "num_params") else self.n_params
+        self.identity = C.run_identity(model, task.codebook_sizes, task.data_fingerprint, self.info.world_size,
+                                       self.tcfg.zero_stage)
+        self.sampler = task.make_sampler(self.info.rank, self.info.world_size)
+        self.total_steps = self._horizon()
+        optimizer = build_optimizer(model, self.tcfg)
+        scheduler = build_scheduler(optimizer, self.tcfg, self.total_steps)
+        ds_cfg = deepspeed_config(self.tcfg, self.info.world_size, on_gpu)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg, dist_init_required=False
+        )
+        self.base_optimizer = optimizer  # the SkippableAdamW under ZeRO's wrapper
+        self.step = 0
+        self.tokens = 0
+        self.epoch = 0
+        self.bad_steps = 0
+        self.elapsed_prev = 0.0  # wall seconds of earlier segments of this run (before resumes)
+        self.n_seqs = 0  # training sequences seen: tokens / n_seqs is the mean sequence length used for FLOPs
+        self._last_saved = -1
+        self._t0 = time.time()  # start of this segment of the run (reset by run())
+        self._stop_signal: str | None = None  # set by the signal handler on this rank
+        self._agreed_stop = False  # some rank had been signalled at the last step's all-reduce
+        self._batches: Iterator | None = None
+        self.last_eval: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------ bookkeeping
+
+    def _horizon(self) -> int:
+        """Steps the cosine schedule spans: the first of max_steps and the steps max_tokens buys at full batches
+        (packed batches run a little under budget, so the token limit lands slightly past the horizon); 0 = flat
+        after warm-up when only a time budget is set."""
+        limits = [self.tcfg.max_steps] if self.tcfg.max_steps > 0 else []
+        if self.tcfg.max_tokens > 0:
+            per_step = self.tcfg.batch_tokens * self.tcfg.grad_accum * self.info.world_size
+            limits.append(max(1, math.ceil(self.tcfg.max_tokens / per_step)))
+        return min(limits, default=0)
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "sampler": self.sampler.state_dict(),
+            "bad_steps": self.bad_steps,
+            "elapsed_s": self.elapsed_prev + time.time() - self._t0,
+            "n_seqs": self.n_seqs,
+        }
+
+    def resume(self) -> Path | None:
+        path = C.resolve_resume(self.tcfg.resume, self.ckpt_root)
+        if path is None:
+            return None
+        state = C.load_checkpoint(self.engine, path, self.identity, self.info)
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.sampler.load_state_dict(state["sampler"])
+        self.epoch = self.sampler.epoch
+        self.bad_steps, self.elapsed_prev = state["bad_steps"], state["elapsed_s"]
+        self.n_seqs = state["n_seqs"]
+        self._last_saved = self.step
+        return path
+
+    def _next_indices(self):
+        """The next batch of this rank's sampler, continuing across epochs. The sampler's (epoch, position) is part
+        of every checkpoint, so a resumed run draws exactly the batches the uninterrupted run would have."""
+        while True:
+            if self._batches is None:
+                self.sampler.set_epoch(self.epoch)  # keeps the position when it is the epoch being resumed
+                self._batches = iter(self.sampler)
+            nxt = next(self._batches, None)
+            if nxt is not None:
+                return nxt
+            self.epoch, self._batches = self.epoch + 1, None
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            self._stop_signal = signal.Signals(signum).name
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, handler)
+
+    # ------------------------------------------------------------------------------------------ one step
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over grad_accum micro-batches; returns rank-averaged losses and step facts."""
+        self.engine.train()
+        sums = {"loss": 0.0, "gen_loss": 0.0, "calib_loss": 0.0}
+        bad = 0
+        tokens = seqs = 0
+        for micro in range(self.tcfg.grad_accum):
+            indices = self._next_indices()
+            # Candidate draws depend only on (seed, step, micro, rank): nothing to checkpoint, identical on resume.
+            seed = ((self.tcfg.seed * 1_000_003 + self.step) * 64 + micro) * 4096 + self.info.rank
+            gen = torch.Generator().manual_seed(seed)
+            batch = self.task.train_batch(indices, gen).to(self.info.device)
+            out = self.engine(batch)
+            loss = out["loss"]
+            finite = bool(torch.isfinite(loss.detach()).item())
+            bad += 0 if finite else 1
+            # Backward even on a bad loss: ZeRO reduces gradients inside backward hooks, so every rank must run it;
+            # the NaN gradients are discarded with the skipped step.
+            self.engine.backward(loss)
+            for k in sums:
+                if k in out:
+                    sums[k] += float(out[k].detach()) / self.tcfg.grad_accum
+            tokens += int(out["n_tokens"]) if "n_tokens" in out else int(batch.n_tokens)
+            seqs += int(batch.offsets.numel() - 1)
+            if micro + 1 < self.tcfg.grad_accum:
+                self.engine.step()  # DeepSpeed only counts the micro-step here; it updates at the boundary
+        ws = self.info.world_size
+        stop_flag = 1.0 if self._stop_signal else 0.0
+        totals = D.all_sum([float(bad), float(tokens), float(seqs), stop_flag, *sums.values()], self.info.device)
+        any_bad = totals[0] > 0
+        # DeepSpeed computes the norm itself except in plain fp32 without ZeRO (where its clipping discards it);
+        # there the gradients are already averaged over ranks at this point.
+        own_norm = None
+        if self.tcfg.zero_stage == 0 and self.precision == "fp32":
+            grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]
+            own_norm = float(torch.stack(grads).norm()) if grads else 0.0
+        lr = float(self.scheduler.get_last_lr()[0])  # this step's; DeepSpeed advances the schedule in step()
+        self.base_optimizer.skip = any_bad
+        try:
+            self.engine.step()
+        finally:
+            self.base_optimizer.skip = False
+        self.step += 1
+        self.tokens += int(totals[1])
+        self.n_seqs += int(totals[2])
+        # Stop only on the agreed flag: a signal landing after the all-reduce is carried into the next step's, so
+        # no rank leaves the loop while another waits in a collective.
+        self._agreed_stop = totals[3] > 0
+        if any_bad:
+            self.bad_steps += 1
+        grad_norm = own_norm if own_norm is not None else self.engine.get_global_grad_norm()
+        result = {k: v / ws for k, v in zip(sums, totals[4:])}
+        result.update(
+            tokens=int(totals[1]),
+            bad=any_bad,
+            grad_norm=float(grad_norm) if grad_norm is not None and not any_bad else float("nan"),
+            lr=lr,
+        )
+        return result
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Un-sharded module weights on every rank (a collective under ZeRO-3, which partitions them)."""
+        module = self.engine.module
+        if self.tcfg.zero_stage != 3:
+            return module.state_dict()
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def evaluate(self, max_targets: int) -> dict[str, Any]:
+        """Validation loss and retrieval metrics over (a prefix of) the validation targets, summed over ranks."""
+        model = self.engine.module
+        if self.tcfg.zero_stage == 3:
+            # Evaluation calls model methods other than forward (encode, heads, beam search), which ZeRO-3's
+            # forward hooks do not gather for; evaluate a plain copy holding the gathered weights instead.
+            if getattr(self, "_eval_model", None) is None:
+                cuda = [self.info.device] if self.info.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):  # its (overwritten) init must not shift the training RNG
+                    self._eval_model = self.task.build_model().to(self.info.device)
+            self._eval_model.load_state_dict(self.full_state_dict())
+            model = self._eval_model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            sums = self.task.eval_sums(model, self.info.rank, self.info.world_size, max_targets, self.info.device)
+        model.train(was_training)
+        keys = sorted(sums)
+        totals = D.all_sum([sums[k] for k in keys], self.info.device)
+        return self.task.summarize_eval(dict(zip(keys, totals)))
+
+    # ------------------------------------------------------------------------------------------ the job
+
+    def _should_stop(self) -> str | None:
+        t = self.tcfg
+        if self._agreed_stop:
+            return "preempted"
+        if t.max_steps > 0 and self.step >= t.max_steps:
+            return "completed"
+        if t.max_tokens > 0 and self.tokens >= t.max_tokens:
+            return "completed"
+        if t.time_budget_s > 0:
+            over = self.elapsed_prev + time.time() - self._t0 >= t.time_budget_s
+            # Ranks' clocks differ by a few ms: agree, or one rank would wait in the next collective forever.
+            if D.any_rank(over, self.info.device):
+                return "completed"
+        return None
+
+    def save(self) -> Path:
+        path = C.save_checkpoint(self.engine, self.ckpt_root, self.step, self.trainer_state(), self.identity,
+                                 self.info, self.tcfg.keep_last)
+        self._last_saved = self.step
+        return path
+
+    def run(self) -> int:
+        """Train until a stopping rule fires; returns the process exit code (0, or EXIT_PREEMPTED)."""
+        info, t = self.info, self.tcfg
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_resolved(self.cfg, self.run_dir)
+        resumed = self.resume()
+        self._t0 = time.time()
+        self._install_signal_handlers()
+        total = max(0, t.max_steps)
+        log = RunLogger(self.run_dir, info.is_main, t.tensorboard, total=total, initial=self.step)
+        if resumed is not None:
+            log.event(self.step, f"resumed from {resumed}")
+        peak = peak_tflops(info.device, t.peak_tflops)
+        status = "failed"
+        window_t, window_tokens = time.time(), 0
+        try:
+            while not (status := self._should_stop()):
+                r = self.train_step()
+                window_tokens += r["tokens"]
+                if r["bad"]:
+                    log.event(self.step, f"non-finite loss ({r['loss']}): step skipped on all ranks",
+                              bad_steps=self.bad_steps)
+                    if self.bad_steps > t.max_bad_steps:
+                        raise TrainingAborted(
+                            f"{self.bad_steps} steps had a NaN/inf loss (train.max_bad_steps={t.max_bad_steps}); "
+                            f"last at step {self.step}. Lower train.lr or check the data; the last checkpoint is "
+                            f"in {self.ckpt_root}"
+                        )
+                log.progress(1, {"loss": r["loss"], "lr": r["lr"]})
+                if self.step % t.log_every == 0:
+                    dt = max(time.time() - window_t, 1e-9)
+                    scalars = {k: r[k] for k in ("loss", "gen_loss", "calib_loss", "lr", "grad_norm")}
+                    scalars.update(tokens=self.tokens, tokens_per_s=window_tokens / dt, **memory_stats(info.device))
+                    if peak:
+                        seq_len = self.tokens / max(self.n_seqs, 1)
+                        flops = self.engine.module.flops_per_token(int(seq_len)) * window_tokens / dt
+                        scalars["mfu"] = flops / (peak * 1e12 * info.world_size)
+                    log.log(self.step, scalars)
+                    window_t, window_tokens = time.time(), 0
+                if t.eval_every > 0 and self.step % t.eval_every == 0:
+                    self.last_eval = self.evaluate(t.eval_max_targets)
+                    log.log(self.step, _flatten_eval(self.last_eval), kind="eval")
+                if t.ckpt_every > 0 and self.step % t.ckpt_every == 0:
+                    self.save()
+            final_eval = self.evaluate(t.final_eval_max_targets) if status == "completed" else self.last_eval
+            if final_eval:
+                log.log(self.step, _flatten_eval(final_eval), kind="eval")
+            path = self.save() if self._last_saved != self.step else self.ckpt_root / C.step_dir_name(self.step)
+            why = f" by {self._stop_signal or 'a signal to another rank'}" if status == "preempted" else ""
+            log.event(self.step, f"{status}{why}; checkpoint {path}")
+            if status == "completed" and t.export:
+                from e2erec.train.export import export_model
+
+                export_model(self, self.run_dir / "export")
+            self._write_final(status, final_eval)
+            return EXIT_PREEMPTED if status == "preempted" else 0
+        except BaseException as e:
+            self._write_final("failed", self.last_eval, error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            log.close()
+
+    def _write_final(self, status: str, ev: dict[str, Any], error: str | None = None) -> None:
+        """`<run_dir>/final.json`, read by the scaling-law sweep. FLOPs: the model's `flops_per_token` (training
+        FLOPs, 6·N_dense + attention; see GenerativeRecommender.flops_per_token) at the mean training sequence
+        length, times training tokens; 6·N·D with N = non-embedding parameters when the model has no formula."""
+        if not self.info.is_main:
+            return
+        seq_len = self.tokens / max(self.n_seqs, 1)
+        module = self.engine.module
+        if hasattr(module, "flops_per_token"):
+            flops = module.flops_per_token(round(seq_len)) * self.tokens
+        else:
+            flops = 6.0 * self.n_params_non_emb * self.tokens
+        final = {
+            "status": status,
+            "params": self.n_params,
+            "non_embedding_params": self.n_params_non_emb,
+            "tokens": self.tokens,
+            "flops": float(flops),
+            "flops_formula": "flops_per_token(mean_seq_len) * tokens",
+            "mean_seq_len": seq_len,
+            "steps": self.step,
+            "bad_steps": self.bad_steps,
+            "eval_loss": ev.get("eval_loss"),
+            "metrics": ev.get("metrics", {}),
+            "wall_s": self.elapsed_prev + time.time() - self._t0,
+            "world_size": self.info.world_size,
+            "zero_stage": self.tcfg.zero_stage,
+            "precision": self.precision,
+            "config": to_dict(self.cfg),
+        }
+        if error:
+            final["error"] = error
+        atomic_write_json(self.run_dir / "final.json", final)
+
+
+def _flatten_eval(ev: dict[str, Any]) -> dict[str, Any]:
+    out = {"eval_loss": ev.get("eval_loss")}
+    out.update({k: v for k, v in ev.items() if k not in ("eval_loss", "metrics")})
+    out.update({f"metrics/{k}": v for k, v in ev.get("metrics", {}).items()})
+    return out
+
+
+def train(cfg: RunConfig, task: TrainTask | None = None) -> int:
+    """Run a training job from a resolved config (any launcher); returns the exit code."""
+    info = D.init_distributed(cfg.train.device)
+    try:
+        if task is None:
+            from e2erec.train.task import RecTask
+
+            task = RecTask.from_config(cfg, info)
+        code = Trainer(cfg, task, info).run()
+    except BaseException:
+        D.shutdown(clean=False)
+        raise
+    D.shutdown()
+    return code

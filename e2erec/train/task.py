@@ -1,0 +1,190 @@
+"""The recommender side of training: which sequences train, how a batch is built, and the validation metrics.
+
+Training sequences: one per user, the user's training events (`offsets[u] : split.train_end[u]`, the most recent
+`data.max_seq_len` kept), for users with at least 2 (one history event and one target). Every history token
+predicts the next item (generative head) and the last k events are calibration targets (`build_model_batch`).
+
+Validation (every `train.eval_every` steps on up to `train.eval_max_targets` targets, at the end on up to
+`train.final_eval_max_targets`, default all): for each validation event v of user u, the history is
+`offsets[u] : v` and v is the target, exactly as at test time.
+
+- eval_loss = w_gen * (item NLL of v, the sum over code levels of the teacher-forced cross-entropy)
+            + w_calib * (binary cross-entropy of the calibration head on v's real label); the training loss's
+  definition, on held-out targets only.
+- metrics.sid_exact_match: the teacher-forced argmax code equals v's code at every level.
+- metrics.sid_recall@10: v's semantic ID is among the top 10 of an (unconstrained) beam search of width 10 over
+  codes. The trie-constrained beam search of `e2erec.generate` can only score higher (no beam slot is spent on a
+  code tuple that is no item); this quick check tracks training, the evaluation report uses the full protocol.
+- metrics.calib_logloss and metrics.calib_base_rate (mean label), to read the calibration loss against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from e2erec.config import RunConfig
+from e2erec.data.types import Interactions, Split
+from e2erec.model import GenerativeRecommender, build_model_batch
+from e2erec.model.model import HistoryState
+from e2erec.train import distributed as D
+
+RECALL_K = 10
+EVAL_BATCH = 256  # validation sequences per forward pass; bounded by the longest history (max_seq_len tokens)
+
+
+class RecTask:
+    """Data, semantic IDs and model factory for one run; `e2erec.train.engine.TrainTask` is the contract."""
+
+    def __init__(self, cfg: RunConfig, inter: Interactions, split: Split, codes: torch.Tensor,
+                 codebook_sizes: list[int], data_fingerprint: str, artifact: dict[str, Any] | None = None):
+        self.cfg = cfg
+        self.inter, self.split = inter, split
+        self.codes = torch.as_tensor(codes, dtype=torch.int64)  # [n_items, L]
+        self.codebook_sizes = list(codebook_sizes)
+        self.data_fingerprint = data_fingerprint
+        self._artifact = artifact or {}
+        offsets = np.asarray(inter.offsets)
+        n_train = np.asarray(split.train_end) - offsets[:-1]
+        self.users = np.flatnonzero(n_train >= 2).astype(np.int64)
+        self.ends = np.asarray(split.train_end)[self.users].astype(np.int64)
+        # Tokens per sequence = BOS + kept events (the sampler packs by this; calibration targets are events too).
+        self.lengths = np.minimum(n_train[self.users], cfg.data.max_seq_len) + 1
+        valid = np.asarray(split.valid, dtype=np.int64)
+        valid = valid[valid - offsets[inter.user_of(valid)] >= 1]  # a target needs at least one history event
+        # A fixed shuffle: any prefix (the periodic eval's eval_max_targets) is a uniform sample of the targets.
+        self.valid = valid[np.random.default_rng(0).permutation(len(valid))]
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, info: D.DistInfo) -> RecTask:
+        """Load data and semantic IDs. The IDs come from `train.semantic_ids`, else from `<run_dir>/semantic_ids`,
+        which rank 0 builds on the first start (the other ranks wait, then read it) and every resume reuses, so a
+        resumed run can never see different codes."""
+        from e2erec.data import load_dataset, make_split
+        from e2erec.tokenizer import SemanticIDs, build_semantic_ids
+        from e2erec.utils.io import cache_root, file_digest
+
+        if info.is_main:  # prepares the dataset cache once; the other ranks then open it
+            load_dataset(cfg.data, progress=True)
+        D.barrier()
+        inter = load_dataset(cfg.data, progress=False)
+        split = make_split(inter, cfg.data)
+        sid_dir = Path(cfg.train.semantic_ids) if cfg.train.semantic_ids else cfg.run_dir / "semantic_ids"
+        if info.is_main and not cfg.train.semantic_ids and not (sid_dir / "meta.json").exists():
+            sids, _ = build_semantic_ids(inter, split, cfg.tokenizer, cache_root(cfg.data.cache_dir))
+            sids.save(sid_dir)
+        D.barrier()
+        sids = SemanticIDs.load(sid_dir, inter)
+        artifact = {"path": str(sid_dir.resolve()), "sha256": file_digest(sid_dir / "codes.safetensors")}
+        return cls(cfg, inter, split, sids.codes, sids.codebook_sizes, inter.meta.get("fingerprint", ""), artifact)
+
+    def artifact_ref(self) -> dict[str, Any]:
+        return dict(self._artifact, data_fingerprint=self.data_fingerprint)
+
+    def build_model(self) -> GenerativeRecommender:
+        return GenerativeRecommender(self.cfg.model, self.codebook_sizes)
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def make_sampler(self, rank: int, world_size: int):
+        from e2erec.data import TokenBudgetSampler
+
+        return TokenBudgetSampler(self.lengths, max_tokens=self.cfg.train.batch_tokens, seed=self.cfg.train.seed,
+                                  shuffle=True, rank=rank, world_size=world_size)
+
+    def _model_batch(self, users: np.ndarray, ends: np.ndarray, num_candidates: int,
+                     generator: torch.Generator | None):
+        from e2erec.data import gather_histories
+
+        events = gather_histories(self.inter, users, ends, self.cfg.data.max_seq_len)
+        m = self.cfg.model
+        return build_model_batch(
+            events, self.codes, num_candidates=num_candidates, generator=generator,
+            loss_weights=(self.cfg.train.gen_loss_weight, self.cfg.train.calib_loss_weight),
+            max_history=m.max_tokens_per_seq, num_feedback=m.num_feedback, num_time_buckets=m.num_time_buckets,
+        )
+
+    def train_batch(self, indices, generator: torch.Generator):
+        idx = np.asarray(indices, dtype=np.int64)
+        return self._model_batch(self.users[idx], self.ends[idx], self.cfg.train.num_candidates, generator)
+
+    # ------------------------------------------------------------------------------------------ validation
+
+    def eval_sums(self, model: GenerativeRecommender, rank: int, world_size: int, max_targets: int,
+                  device: torch.device) -> dict[str, float]:
+        """Sums over this rank's share of the validation targets (the engine adds them up over ranks)."""
+        targets = self.valid[:max_targets] if max_targets > 0 else self.valid
+        mine = targets[rank::world_size]
+        # Every rank runs the same number of passes (collectives inside forward under some ZeRO settings):
+        # pad with a repeated target of weight 0.
+        per_rank = -(-len(targets) // world_size)
+        n_batches = -(-per_rank // EVAL_BATCH)
+        sums = {"n": 0.0, "nll": 0.0, "bce": 0.0, "exact": 0.0, "recall": 0.0, "label": 0.0}
+        w_gen, w_calib = self.cfg.train.gen_loss_weight, self.cfg.train.calib_loss_weight
+        for b in range(n_batches):
+            chunk = mine[b * EVAL_BATCH:(b + 1) * EVAL_BATCH]
+            weight = torch.ones(len(chunk))
+            if len(chunk) == 0:
+                if len(targets) == 0:
+                    break
+                chunk, weight = targets[:1], torch.zeros(1)
+            users = self.inter.user_of(chunk)
+            batch = self._model_batch(users, chunk + 1, 1, None).to(device)
+            h = model.encode(batch)  # (N, d)
+            hl = h[batch.last_index]  # (B, d): the state that predicts the target v
+            tgt = self.codes[np.asarray(self.inter.item)[chunk]].to(device)  # (B, L)
+            logits = model.generative_logits(hl, tgt)  # L x (B, K_l)
+            nll = sum(F.cross_entropy(lg.float(), tgt[:, i], reduction="none") for i, lg in enumerate(logits))
+            exact = torch.stack([lg.argmax(-1) == tgt[:, i] for i, lg in enumerate(logits)]).all(0)
+            top = beam_search(model, HistoryState(hidden=hl), len(self.codebook_sizes), RECALL_K)  # (B, W, L)
+            hit = (top == tgt[:, None, :]).all(-1).any(-1)
+            calib_logit = model.calibration_logits(h[batch.calib_index]).float()  # (B,): one target per sequence
+            label = batch.calib_label.float()
+            bce = F.binary_cross_entropy_with_logits(calib_logit, label, reduction="none")
+            weight = weight.to(device)
+            sums["n"] += float(weight.sum())
+            sums["nll"] += float((nll * weight).sum())
+            sums["bce"] += float((bce * weight).sum())
+            sums["exact"] += float((exact.float() * weight).sum())
+            sums["recall"] += float((hit.float() * weight).sum())
+            sums["label"] += float((label * weight).sum())
+        sums["w_loss"] = w_gen * sums["nll"] + w_calib * sums["bce"]
+        return sums
+
+    def summarize_eval(self, sums: dict[str, float]) -> dict[str, Any]:
+        if sums["n"] == 0:  # e.g. a temporal split whose validation window is empty
+            return {"eval_loss": None, "n_targets": 0, "metrics": {}}
+        n = sums["n"]
+        return {
+            "eval_loss": sums["w_loss"] / n,
+            "eval_gen_loss": sums["nll"] / n,
+            "eval_calib_loss": sums["bce"] / n,
+            "n_targets": int(sums["n"]),
+            "metrics": {
+                "sid_exact_match": sums["exact"] / n,
+                f"sid_recall@{RECALL_K}": sums["recall"] / n,
+                "calib_logloss": sums["bce"] / n,
+                "calib_base_rate": sums["label"] / n,
+            },
+        }
+
+
+@torch.no_grad()
+def beam_search(model: GenerativeRecommender, state: HistoryState, levels: int, width: int) -> torch.Tensor:
+    """Top-`width` code tuples (B, width, levels) by summed log-probability, without a validity constraint."""
+    B = state.hidden.shape[0]
+    device = state.hidden.device
+    prefix = torch.zeros(B, 1, 0, dtype=torch.int64, device=device)  # (B, beams, level)
+    score = torch.zeros(B, 1, device=device)
+    for level in range(levels):
+        logp = model.next_code_logprobs(state, prefix)  # (B, beams, K)
+        beams, K = logp.shape[1], logp.shape[2]
+        total = (score[:, :, None] + logp).reshape(B, beams * K)  # (B, beams * K)
+        score, flat = total.topk(min(width, beams * K), dim=-1)  # (B, W)
+        parent, code = flat // K, flat % K
+        prefix = torch.cat([prefix.gather(1, parent[:, :, None].expand(-1, -1, level)), code[:, :, None]], dim=-1)
+    return prefix

@@ -1,0 +1,97 @@
+"""The report: every system on the same targets, markdown + JSON + plots, planted-truth metrics on synthetic data."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from e2erec.baselines import build_baseline
+from e2erec.eval.config import EvalConfig
+from e2erec.eval.protocol import mask_history, top_k
+from e2erec.eval.report import evaluate_systems
+
+
+class PlantedOracle:
+    """Ranks by the generator's Bayes-optimal next-item distribution and predicts the planted P(positive)."""
+
+    name = "planted_oracle"
+
+    def fit(self, inter, split, cfg):
+        pass
+
+    def recommend(self, inter, targets, k):
+        from e2erec.data.synthetic import planted_next_item_probs
+
+        return top_k(mask_history(planted_next_item_probs(inter, targets).astype(np.float64), inter, targets), k)
+
+    def predict_proba(self, inter, targets, items):
+        return np.asarray(inter.planted["prob"])[targets].astype(np.float64)
+
+
+CFG = EvalConfig(bootstrap=50, top_k=50)
+
+
+@pytest.fixture(scope="module")
+def report(synthetic_small, synthetic_small_split, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    pop = build_baseline("popularity")
+    pop.fit(synthetic_small, synthetic_small_split, CFG)
+    return out, evaluate_systems([pop, PlantedOracle()], synthetic_small, synthetic_small_split, CFG, out,
+                                 progress=False)
+
+
+def test_report_files_exist_and_name_every_system(report):
+    out, rep = report
+    md = (out / "report.md").read_text()
+    js = json.loads((out / "report.json").read_text())
+    for name in ("popularity", "planted_oracle"):
+        assert f"| {name} |" in md
+    assert "- planted_oracle on ndcg@10 (paired bootstrap, 95%): better than popularity." in md
+    assert [s["name"] for s in js["systems"]] == ["popularity", "planted_oracle"]
+    for png in ("metrics.png", "reliability.png", "history_length.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in md
+    assert not list(out.glob(".*tmp")), "a temporary file was left behind"
+    assert js["setup"] == rep["setup"]
+
+
+def test_report_numbers_are_consistent(report, synthetic_small_split):
+    _, rep = report
+    pop, oracle = rep["systems"]
+    assert rep["setup"]["n_test_targets"] == len(synthetic_small_split.test)
+    for system in (pop, oracle):
+        o = system["overall"]
+        assert o["hr@1"]["value"] <= o["hr@5"]["value"] <= o["hr@10"]["value"] <= o["hr@50"]["value"]
+        assert o["ndcg@10"]["value"] <= o["hr@10"]["value"]
+        assert o["hr@10"]["lo"] <= o["hr@10"]["value"] <= o["hr@10"]["hi"]
+        assert sum(system["by_history_length"]["n"]) == rep["setup"]["n_test_targets"]
+    # the oracle's own top-10 IS the planted top-10, and it predicts the planted probabilities
+    assert oracle["overall"]["planted_recall@10"]["value"] == pytest.approx(1.0)
+    assert pop["overall"]["planted_recall@10"]["value"] < 0.9
+    assert oracle["overall"]["hr@10"]["value"] > pop["overall"]["hr@10"]["value"]
+    assert pop["calibration"] is None
+    cal = oracle["calibration"]
+    assert cal["calibration_ratio"]["lo"] < 1.0 < cal["calibration_ratio"]["hi"]  # planted probabilities are calibrated
+    assert cal["gauc_users_used"] == 0 and cal["gauc_users_skipped"] == rep["setup"]["n_test_users"]  # one event each
+    verdicts = {(c["system"], c["vs"], c["metric"]): c["verdict"] for c in rep["comparisons"]}
+    assert verdicts[("planted_oracle", "popularity", "ndcg@10")] == "better"
+
+
+@pytest.mark.slow
+def test_eval_command_on_movielens(ml100k, tmp_path):
+    """The real command on real ML-100K: fits, early-stops, writes the report; unknown systems are one clear line."""
+    out = subprocess.run(
+        [sys.executable, "-m", "e2erec.cli", "eval", "--systems", "popularity,sasrec", "--out", str(tmp_path),
+         "eval=fast", "eval.baseline_epochs=1", "eval.bootstrap=20", "eval.baseline_max_len=20",
+         "eval.baseline_dim=16"],
+        check=False, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    md = (tmp_path / "report.md").read_text()
+    assert "| popularity |" in md and "| sasrec |" in md and "943 test targets" in md
+    assert (tmp_path / "config.yaml").exists()
+    bad = subprocess.run([sys.executable, "-m", "e2erec.cli", "eval", "--systems", "popularity,sasrek"],
+                         check=False, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "did you mean 'sasrec'" in bad.stderr and "Traceback" not in bad.stderr

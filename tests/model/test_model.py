@@ -1,0 +1,158 @@
+"""Shapes, masking (no token sees the future, another sequence, or another candidate), heads and counts."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from e2erec.config import load_run_config
+from e2erec.model import REFERENCE_CODEBOOK, GenerativeRecommender, ModelConfig, build_model_batch
+
+from .helpers import random_codes, random_events
+
+SIZES = [4, 4, 3]
+BACKBONES = ["transformer", "hstu"]
+
+
+def _model(backbone: str, **kw) -> GenerativeRecommender:
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=backbone, d_model=32, n_layers=2, n_heads=2, calibration_hidden=16, **kw)
+    return GenerativeRecommender(cfg, SIZES).eval()
+
+
+def _batch(lengths=(6, 0, 1, 9), num_candidates=3, seed=0):
+    codes = random_codes(40, SIZES, seed=seed)
+    ev = random_events(list(lengths), n_items=40, seed=seed)
+    return build_model_batch(ev, codes, num_candidates=num_candidates), ev, codes
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_forward_shapes_and_losses(backbone):
+    model = _model(backbone)
+    batch, _, _ = _batch()
+    h = model.encode(batch)
+    assert h.shape == (batch.n_tokens, 32)
+    out = model(batch)
+    assert set(out) >= {"loss", "gen_loss", "calib_loss", "gen_loss_l0", "gen_loss_l1", "gen_loss_l2", "n_tokens"}
+    assert int(out["n_tokens"]) == batch.n_tokens
+    total = out["gen_loss_l0"] + out["gen_loss_l1"] + out["gen_loss_l2"]
+    torch.testing.assert_close(out["gen_loss"], total)
+    torch.testing.assert_close(out["loss"], out["gen_loss"] + out["calib_loss"])
+    # at init the heads are near uniform: NLL ~ log(4 * 4 * 3), BCE ~ log 2
+    assert abs(float(out["gen_loss"]) - torch.log(torch.tensor(48.0)).item()) < 0.3
+    assert abs(float(out["calib_loss"]) - 0.6931) < 0.05
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_no_token_sees_the_future_another_sequence_or_another_candidate(backbone):
+    model = _model(backbone)
+    batch, _, _ = _batch()
+    base = model.encode(batch)
+    offsets = batch.offsets.tolist()
+    n_targets = batch.num_targets.tolist()
+    for b in range(len(offsets) - 1):
+        start, end = offsets[b], offsets[b + 1]
+        history_end = end - n_targets[b]
+        history_tokens = list(range(start, history_end))
+        # BOS, the first and last history events and every target (all tokens would cost one encode each).
+        for j in sorted({*history_tokens[:2], *history_tokens[-1:], *range(history_end, end)}):
+            # Perturb everything token j carries: its codes, feedback, label and timestamp.
+            p = dataclasses.replace(batch, codes=batch.codes.clone(), feedback_id=batch.feedback_id.clone())
+            p.codes[j] = (p.codes[j] + 1) % torch.tensor(SIZES)
+            p.feedback_id[j] = (p.feedback_id[j] + 2) % 7
+            p.is_bos = batch.is_bos.clone()
+            p.is_bos[j] = False
+            out = model.encode(p)
+            changed = (out - base).abs().amax(dim=1) > 1e-5
+            may_change = torch.zeros(batch.n_tokens, dtype=torch.bool)
+            if j < history_end:
+                may_change[j:end] = True  # a history token reaches itself, later history and every target
+            else:
+                may_change[j] = True  # a target reaches only itself
+            assert changed[j], f"token {j} did not change its own output"
+            assert not (changed & ~may_change).any(), f"token {j} leaked to {(changed & ~may_change).nonzero().tolist()}"
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(backbone):
+    batch, _, _ = _batch()
+    grads = []
+    for ckpt in (False, True):
+        model = _model(backbone, activation_checkpointing=ckpt).train()
+        out = model(batch)
+        out["loss"].backward()
+        grads.append((out["loss"].detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for g0, g1 in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(g0, g1)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_step_fn_matches_teacher_forced_likelihood(backbone):
+    """Beam search's log p(item | history) = sum of step log-probs = -NLL of the teacher-forced head."""
+    model = _model(backbone)
+    _, ev, codes = _batch(lengths=(5, 0, 7))
+    step_fn, state = model.make_step_fn(ev, codes)
+    items = torch.tensor([[3, 8], [0, 39], [17, 17]])  # (B, beams) candidate next items
+    prefix = codes[items]  # (B, beams, L)
+    logp = torch.zeros(items.shape)
+    for level in range(len(SIZES)):
+        lp = step_fn(level, prefix[..., :level], state)
+        assert lp.shape == (3, 2, SIZES[level])
+        torch.testing.assert_close(lp.exp().sum(-1), torch.ones(3, 2))
+        logp += lp.gather(-1, prefix[..., level : level + 1]).squeeze(-1)
+    logits = model.generative_logits(state.hidden[:, None].expand(-1, 2, -1).reshape(6, -1), prefix.reshape(6, -1))
+    nll = sum(
+        torch.nn.functional.cross_entropy(lg, prefix.reshape(6, -1)[:, i], reduction="none")
+        for i, lg in enumerate(logits)
+    )
+    torch.testing.assert_close(logp.reshape(6), -nll)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_score_candidates_are_probabilities_independent_of_their_company(backbone):
+    model = _model(backbone)
+    _, ev, codes = _batch(lengths=(5, 0, 7))
+    cand = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]])
+    p = model.score_candidates(ev, cand, codes)
+    assert p.shape == (3, 4) and ((p > 0) & (p < 1)).all()
+    torch.testing.assert_close(model.score_candidates(ev, cand, codes, chunk=1), p)
+    torch.testing.assert_close(model.score_candidates(ev, cand[:, [2, 0]], codes), p[:, [2, 0]])
+
+
+def test_documented_parameter_counts_on_meta_device():
+    """Every shipped config's documented count equals num_params (reference codebook), built on meta."""
+    names = ["tiny", "small", "base", "1b", "8b"]
+    for name in names:
+        cfg = load_run_config(None, [f"model={name}"]).model
+        assert cfg.param_count > 0, f"configs/model/{name}.yaml documents no param_count"
+        with torch.device("meta"):
+            model = GenerativeRecommender(cfg, REFERENCE_CODEBOOK)
+        assert model.num_params() == cfg.param_count, name
+    tiny = load_run_config(None, ["model=tiny"]).model
+    assert tiny.param_count < 1_000_000
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_flops_per_token_matches_counted_matmul_flops(backbone):
+    """The 6N + attention formula vs torch's FlopCounterMode over one forward+backward of equal-length sequences.
+
+    The reference backend computes the full dense score matrix, masked half included, so it is compared with the
+    formula plus that half (6 * n_layers * d * T); the formula itself counts only the causal half."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = ModelConfig(backbone=backbone, d_model=64, n_layers=2, n_heads=4, calibration_hidden=16,
+                      attention_backend="reference")
+    model = GenerativeRecommender(cfg, [16, 16, 8]).train()
+    for T in (32, 128):  # tokens per sequence, BOS included
+        batch = build_model_batch(random_events([T] * 3, n_items=100), random_codes(100, [16, 16, 8]), num_candidates=1)
+        with FlopCounterMode(display=False) as counter:
+            model(batch)["loss"].backward()
+        measured = counter.get_total_flops() / batch.n_tokens
+        dense = model.flops_per_token(T) + 6 * cfg.n_layers * cfg.d_model * T
+        assert abs(measured / dense - 1) < 0.05, (T, measured, dense)
+
+
+def test_bad_codebook_is_a_clear_error():
+    with pytest.raises(ValueError, match="codebook_sizes"):
+        GenerativeRecommender(ModelConfig(), [])

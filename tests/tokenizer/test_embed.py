@@ -1,0 +1,64 @@
+"""Item texts, the collaborative embedding (training events only) and the explicit no-text fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from e2erec.config import ConfigError, from_dict
+from e2erec.tokenizer.config import TokenizerConfig
+from e2erec.tokenizer.embed import collaborative_embeddings, embed_items, render_item_texts
+
+
+def test_template_rendering_drops_unknowns_and_repeats(make_tiny):
+    inter, _ = make_tiny(n_items=3)
+    inter.items.year[1] = -1
+    inter.items.text[2] = inter.items.title[2] + " (1992). Genres: Drama"  # a loader-built text repeating the title
+    texts = render_item_texts(inter, "{title} ({year}). Genres: {categories}. {text}")
+    assert texts[0] == "Explosive movie number 0 (1990). Genres: Action."
+    assert texts[1] == "Funny movie number 1. Genres: Comedy."
+    assert texts[2] == "Tearful movie number 2 (1992). Genres: Drama."
+
+
+def test_unknown_template_field_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"template field \{plot\} is unknown; valid fields: title, year"):
+        from_dict(TokenizerConfig, {"template": "{title}: {plot}"}, "configs/tokenizer/x.yaml")
+
+
+def test_collaborative_embedding_reads_training_events_only(make_tiny):
+    inter, split = make_tiny()
+    a, cold = collaborative_embeddings(inter, split, 8)
+    assert a.shape == (24, 8) and cold == 0
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+    held_out = np.concatenate([split.valid, split.test])
+    inter.item[held_out] = (inter.item[held_out] + 7) % 24  # change only validation/test events
+    b, _ = collaborative_embeddings(inter, split, 8)
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_items_without_text_fall_back_to_collaborative_and_say_so(make_tiny, tmp_path, capsys):
+    inter, split = make_tiny(n_items=30)
+    for i in (4, 9):
+        inter.items.title[i], inter.items.categories[i] = "", []
+    cfg = TokenizerConfig(collaborative_dim=8)
+    emb, report = embed_items(inter, split, cfg, tmp_path, progress=False)
+    assert emb.shape == (30, 384) and report["items_without_text"] == 2
+    assert "2 of 30 items have no text" in capsys.readouterr().out
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+    # Each predicted row sits nearer to the texts of its genre than to the other genres' texts.
+    genre = np.arange(30) % 3
+    for i in (4, 9):
+        sims = emb[genre != -1] @ emb[i]
+        by_genre = [sims[(genre == g) & (np.arange(30) != i) & ~np.isin(np.arange(30), (4, 9))].mean() for g in range(3)]
+        assert int(np.argmax(by_genre)) == genre[i]
+    # The text encoding is cached: a second call does not re-encode.
+    assert list((tmp_path / "embeddings").glob("text-*.npy"))
+
+
+def test_hybrid_embedding_concatenates_normalised_parts(make_tiny, tmp_path):
+    inter, split = make_tiny(n_items=30)
+    emb, report = embed_items(inter, split, TokenizerConfig(embedding="hybrid", collaborative_dim=8), tmp_path,
+                              progress=False)
+    assert emb.shape == (30, 384 + 8) and report["dim"] == 392
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+    assert (np.abs(emb[:, 384:]).sum(1) > 0).all()  # the collaborative part is present for every item

@@ -1,0 +1,89 @@
+"""Fast checks of the pieces the engine is built from: DeepSpeed config, LR schedule, config validation,
+checkpoint identity and resume resolution, and the command's error path."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import pytest
+
+from e2erec.config import ConfigError, load_run_config
+from e2erec.errors import ArtifactMismatchError, DataError
+from e2erec.train.checkpoint import check_identity, resolve_resume
+from e2erec.train.config import TrainConfig
+from e2erec.train.ds_config import deepspeed_config, resolve_precision
+from e2erec.train.optim import lr_factor
+
+from .helpers import REPO, subprocess_env
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("on_gpu", [False, True])
+def test_deepspeed_config(stage, on_gpu):
+    t = TrainConfig(zero_stage=stage, grad_accum=4, grad_clip=0.5, precision="auto")
+    ds = deepspeed_config(t, world_size=8, on_gpu=on_gpu)
+    assert ds["zero_optimization"]["stage"] == stage
+    assert (ds["train_batch_size"], ds["gradient_accumulation_steps"], ds["train_micro_batch_size_per_gpu"]) == (32, 4, 1)
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["bf16"]["enabled"] is on_gpu and not ds["fp16"]["enabled"]
+    assert "optimizer" not in ds and "scheduler" not in ds  # torch objects: no fused_adam JIT build
+    assert ("stage3_param_persistence_threshold" in ds["zero_optimization"]) == (stage == 3)
+    assert resolve_precision("bf16", on_gpu=False) == "bf16"
+
+
+def test_warmup_cosine_schedule():
+    t = TrainConfig(warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, t, 110) == pytest.approx(0.1)
+    assert lr_factor(9, t, 110) == pytest.approx(1.0)
+    assert lr_factor(10, t, 110) == pytest.approx(1.0)
+    assert lr_factor(60, t, 110) == pytest.approx(0.55)  # half-way down the cosine: r + (1 - r) / 2
+    assert lr_factor(110, t, 110) == pytest.approx(0.1) and lr_factor(500, t, 110) == pytest.approx(0.1)
+    factors = [lr_factor(s, t, 110) for s in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(factors))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.keep_last=0", "keep_last must be >= 1"),
+    ("train.zero_stage=4", "train.zero_stage: 4 is not one of 0 | 1 | 2 | 3"),
+    ("train.max_steps=0", "stopping rule"),
+    ("train.zero_stag=2", "did you mean 'zero_stage'"),
+])
+def test_bad_train_config_is_named(override, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_run_config(None, [override])
+    assert "command line" in str(e.value) or "train" in str(e.value)
+
+
+def test_identity_mismatch_names_codebook_and_data():
+    saved = {"param_shapes": {"w": [4, 4]}, "codebook_sizes": [16, 16], "data_fingerprint": "aaa",
+             "world_size": 2, "zero_stage": 2}
+    now = dict(saved, codebook_sizes=[16, 32], data_fingerprint="bbb")
+    check_identity(saved, saved, "ckpt")
+    with pytest.raises(ArtifactMismatchError, match=r"codebook sizes \[16, 16\] vs \[16, 32\].*data fingerprint aaa"):
+        check_identity(saved, now, "ckpt")
+    with pytest.raises(ArtifactMismatchError, match="ranks 2 vs 4 now"):
+        check_identity(saved, dict(saved, world_size=4), "ckpt")
+
+
+def test_resolve_resume(tmp_path):
+    assert resolve_resume("", tmp_path) is None
+    assert resolve_resume("auto", tmp_path / "checkpoints") is None  # first start of a requeued job
+    for step in (3, 12):
+        (tmp_path / "checkpoints" / f"step_{step:08d}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"step_{step:08d}" / "identity.json").write_text("{}")
+    (tmp_path / "checkpoints" / ".step_00000015.tmp").mkdir()  # a save killed half-way is never picked
+    assert resolve_resume("auto", tmp_path / "checkpoints").name == "step_00000012"
+    assert resolve_resume(str(tmp_path), tmp_path / "other").name == "step_00000012"  # a run folder
+    with pytest.raises(DataError, match="not a checkpoint folder"):
+        resolve_resume(str(tmp_path / "nope"), tmp_path)
+
+
+def test_command_reports_bad_config_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "e2erec", "train", "train.lr=fast"], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "e2erec train: config error: command line: train.lr: expected a number, got 'fast'"
+    ]
