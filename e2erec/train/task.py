@@ -12,9 +12,9 @@ Validation (every `train.eval_every` steps on up to `train.eval_max_targets` tar
             + w_calib * (binary cross-entropy of the calibration head on v's real label); the training loss's
   definition, on held-out targets only.
 - metrics.sid_exact_match: the teacher-forced argmax code equals v's code at every level.
-- metrics.sid_recall@10: v's semantic ID is among the top 10 of an (unconstrained) beam search of width 10 over
-  codes. The trie-constrained beam search of `e2erec.generate` can only score higher (no beam slot is spent on a
-  code tuple that is no item); this quick check tracks training, the evaluation report uses the full protocol.
+- metrics.sid_recall@10: v is among the 10 items of a trie-constrained beam search of width 10 (the search of
+  `e2erec.generate`, without steering, so seen items may appear); a quick check that tracks training — the
+  evaluation report (wider beam, exclude-seen) is the protocol.
 - metrics.calib_logloss and metrics.calib_base_rate (mean label), to read the calibration loss against.
 """
 
@@ -29,8 +29,10 @@ import torch.nn.functional as F
 
 from e2erec.config import RunConfig
 from e2erec.data.types import Interactions, Split
+from e2erec.generate.beam import constrained_beam_search
 from e2erec.model import GenerativeRecommender, build_model_batch
 from e2erec.model.model import HistoryState
+from e2erec.tokenizer.trie import PrefixTrie
 from e2erec.train import distributed as D
 
 RECALL_K = 10
@@ -46,6 +48,7 @@ class RecTask:
         self.inter, self.split = inter, split
         self.codes = torch.as_tensor(codes, dtype=torch.int64)  # [n_items, L]
         self.codebook_sizes = list(codebook_sizes)
+        self.trie = PrefixTrie.build(self.codes, self.codebook_sizes)
         self.data_fingerprint = data_fingerprint
         self._artifact = artifact or {}
         offsets = np.asarray(inter.offsets)
@@ -140,8 +143,11 @@ class RecTask:
             logits = model.generative_logits(hl, tgt)  # L x (B, K_l)
             nll = sum(F.cross_entropy(lg.float(), tgt[:, i], reduction="none") for i, lg in enumerate(logits))
             exact = torch.stack([lg.argmax(-1) == tgt[:, i] for i, lg in enumerate(logits)]).all(0)
-            top = beam_search(model, HistoryState(hidden=hl), len(self.codebook_sizes), RECALL_K)  # (B, W, L)
-            hit = (top == tgt[:, None, :]).all(-1).any(-1)
+            state = HistoryState(hidden=hl)
+            top, _ = constrained_beam_search(  # (B, RECALL_K) real items only, via the semantic-ID trie
+                lambda level, prefix, beams: model.next_code_logprobs(state, prefix), self.trie.to(device),
+                len(chunk), RECALL_K, RECALL_K)
+            hit = (top == torch.as_tensor(np.asarray(self.inter.item)[chunk], device=device)[:, None]).any(-1)
             calib_logit = model.calibration_logits(h[batch.calib_index]).float()  # (B,): one target per sequence
             label = batch.calib_label.float()
             bce = F.binary_cross_entropy_with_logits(calib_logit, label, reduction="none")
@@ -171,20 +177,3 @@ class RecTask:
                 "calib_base_rate": sums["label"] / n,
             },
         }
-
-
-@torch.no_grad()
-def beam_search(model: GenerativeRecommender, state: HistoryState, levels: int, width: int) -> torch.Tensor:
-    """Top-`width` code tuples (B, width, levels) by summed log-probability, without a validity constraint."""
-    B = state.hidden.shape[0]
-    device = state.hidden.device
-    prefix = torch.zeros(B, 1, 0, dtype=torch.int64, device=device)  # (B, beams, level)
-    score = torch.zeros(B, 1, device=device)
-    for level in range(levels):
-        logp = model.next_code_logprobs(state, prefix)  # (B, beams, K)
-        beams, K = logp.shape[1], logp.shape[2]
-        total = (score[:, :, None] + logp).reshape(B, beams * K)  # (B, beams * K)
-        score, flat = total.topk(min(width, beams * K), dim=-1)  # (B, W)
-        parent, code = flat // K, flat % K
-        prefix = torch.cat([prefix.gather(1, parent[:, :, None].expand(-1, -1, level)), code[:, :, None]], dim=-1)
-    return prefix
