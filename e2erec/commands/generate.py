@@ -29,15 +29,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from e2erec.config import RunConfig, from_dict, parse_overrides, to_dict
-    from e2erec.data import load_dataset
     from e2erec.errors import DataError
     from e2erec.generate.system import GenerativeSystem
 
-    from e2erec.train.export import load_exported
-
-    _, cfg = load_exported(args.export)
-    inter = load_dataset(cfg.data)
-    system = GenerativeSystem.from_export(args.export, inter, rank_by=args.rank_by)
+    system, inter = GenerativeSystem.from_export(args.export, rank_by=args.rank_by)
     if args.overrides:  # re-validate the export's config with the steering overrides applied
         merged = to_dict(system.cfg)
         for key, value in parse_overrides(args.overrides):

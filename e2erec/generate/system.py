@@ -40,14 +40,18 @@ class GenerativeSystem:
         self.fit_log: dict | None = None
 
     @classmethod
-    def from_export(cls, export_dir: str | Path, inter: Interactions, **kwargs) -> GenerativeSystem:
-        """Load an `e2erec train` export (no DeepSpeed) and the semantic-ID artifact it was trained with."""
+    def from_export(cls, export_dir: str | Path, inter: Interactions | None = None,
+                    **kwargs) -> tuple[GenerativeSystem, Interactions]:
+        """Load an `e2erec train` export (no DeepSpeed) and the semantic-ID artifact it was trained with; the
+        dataset is the export's own (`cfg.data`) unless `inter` is given. Returns (system, dataset)."""
+        from e2erec.data import load_dataset
         from e2erec.tokenizer import SemanticIDs
         from e2erec.train.export import export_meta, load_exported
 
         model, cfg = load_exported(export_dir)
+        inter = inter if inter is not None else load_dataset(cfg.data)
         meta = export_meta(export_dir)
-        return cls(model, SemanticIDs.load(meta["semantic_ids"]["path"], inter), cfg, **kwargs)
+        return cls(model, SemanticIDs.load(meta["semantic_ids"]["path"], inter), cfg, **kwargs), inter
 
     def fit(self, inter: Interactions, split: Split, cfg) -> None:
         """Nothing to do: the model is trained by `e2erec train` (DeepSpeed), not inside the evaluation."""
@@ -83,7 +87,7 @@ class GenerativeSystem:
             seen_items = torch.from_numpy(np.concatenate([inter.item[b:x] for b, x in zip(begin, e)]).astype(np.int64))
             items, scores = constrained_beam_search(
                 # The model recomputes each step from the code prefix, so the beam reordering needs no cache update.
-                lambda level, prefix, beam_state: step(level, prefix),
+                lambda level, prefix, beam_state, step=step: step(level, prefix),
                 self.trie, len(u), beam, k, steering=steering, item_info=info, seen=(seen_offsets, seen_items),
             )
             if self.rank_by == "calibration":
