@@ -237,6 +237,25 @@ def _ds(s, allowed, do, v, lse, delta, norm, KIND: tl.constexpr, PREC: tl.conste
     return w, ds
 
 
+@triton.jit
+def _load_query_tile(Q, DO, LSE, DELTA, seq_start, offs_m, offs_d, row_mask, q_mask, head, H, sqt, sqh, sdot, sdoh,
+                     BLOCK_M: tl.constexpr, KIND: tl.constexpr, UPCAST: tl.constexpr):
+    """One query tile's q and dO, plus the softmax row statistics (LSE, delta = rowsum(dO * O)) both backward
+    kernels need; HSTU has no softmax, so its statistics stay zero."""
+    rows = (seq_start + offs_m)[:, None]
+    q = tl.load(Q + rows * sqt + head * sqh + offs_d[None, :], mask=q_mask, other=0.0)
+    do = tl.load(DO + rows * sdot + head * sdoh + offs_d[None, :], mask=q_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.zeros([BLOCK_M], dtype=tl.float32)
+    delta = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if KIND == 0:
+        lse = tl.load(LSE + (seq_start + offs_m) * H + head, mask=row_mask, other=0.0)
+        delta = tl.load(DELTA + (seq_start + offs_m) * H + head, mask=row_mask, other=0.0)
+    return q, do, lse, delta
+
+
 @triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _bwd_dq_kernel(
@@ -258,17 +277,8 @@ def _bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row_mask = offs_m < L
     q_mask = row_mask[:, None] & (offs_d < D)[None, :]
-    rows = (seq_start + offs_m)[:, None]
-    q = tl.load(Q + rows * sqt + head * sqh + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DO + rows * sdot + head * sdoh + offs_d[None, :], mask=q_mask, other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    lse = tl.zeros([BLOCK_M], dtype=tl.float32)
-    delta = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if KIND == 0:
-        lse = tl.load(LSE + (seq_start + offs_m) * H + head, mask=row_mask, other=0.0)
-        delta = tl.load(DELTA + (seq_start + offs_m) * H + head, mask=row_mask, other=0.0)
+    q, do, lse, delta = _load_query_tile(Q, DO, LSE, DELTA, seq_start, offs_m, offs_d, row_mask, q_mask, head, H,
+                                         sqt, sqh, sdot, sdoh, BLOCK_M, KIND, UPCAST)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, mid_end, mid_start, hi = _key_ranges(start_m, L, history, window, BLOCK_M, BLOCK_N, HAS_TARGETS, HAS_WINDOW)
     for phase in tl.static_range(2):
@@ -294,6 +304,7 @@ def _bwd_dq_kernel(
             _w, ds = _ds(s, allowed, do, v, lse, delta, norm, KIND, PREC)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     dq = dq * scale
+    rows = (seq_start + offs_m)[:, None]
     tl.store(DQ + rows * sdqt + head * sdqh + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=q_mask)
 
 
@@ -341,17 +352,8 @@ def _bwd_dkdv_kernel(
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_mask = offs_m < L
         q_mask = row_mask[:, None] & (offs_d < D)[None, :]
-        rows = (seq_start + offs_m)[:, None]
-        q = tl.load(Q + rows * sqt + head * sqh + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(DO + rows * sdot + head * sdoh + offs_d[None, :], mask=q_mask, other=0.0)
-        if UPCAST:
-            q = q.to(tl.float32)
-            do = do.to(tl.float32)
-        lse = tl.zeros([BLOCK_M], dtype=tl.float32)
-        delta = tl.zeros([BLOCK_M], dtype=tl.float32)
-        if KIND == 0:
-            lse = tl.load(LSE + (seq_start + offs_m) * H + head, mask=row_mask, other=0.0)
-            delta = tl.load(DELTA + (seq_start + offs_m) * H + head, mask=row_mask, other=0.0)
+        q, do, lse, delta = _load_query_tile(Q, DO, LSE, DELTA, seq_start, offs_m, offs_d, row_mask, q_mask, head, H,
+                                             sqt, sqh, sdot, sdoh, BLOCK_M, KIND, UPCAST)
         s, allowed, pb, tb = _scores(
             q, k, offs_m, offs_n, L, history, seq_start, head, H, TS, POS_BIAS, TIME_BIAS, P, T, window, scale,
             HAS_TARGETS, HAS_WINDOW, HAS_POS, HAS_TIME, PREC,
