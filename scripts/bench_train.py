@@ -124,7 +124,7 @@ def pad_batch(mb: ModelBatch) -> tuple[ModelBatch, torch.Tensor]:
         offsets=torch.arange(B + 1) * L, max_len=L, codes=scatter(mb.codes, 0), is_bos=scatter(mb.is_bos, True),
         feedback_id=scatter(mb.feedback_id, 0), label_id=scatter(mb.label_id, 0),
         gap_id=scatter(mb.gap_id, int(mb.gap_id.max())), timestamp=timestamp, num_targets=mb.num_targets,
-        gen_index=new_row[mb.gen_index], gen_codes=mb.gen_codes, calib_index=new_row[mb.calib_index],
+        gen_index=new_row[mb.gen_index], gen_codes=mb.gen_codes, gen_mask=mb.gen_mask, calib_index=new_row[mb.calib_index],
         calib_label=mb.calib_label, last_index=new_row[mb.last_index], loss_weights=mb.loss_weights,
     )
     return padded, pad

@@ -42,10 +42,26 @@ def test_run_produces_a_complete_report(tiny_run):
     assert report["setup"]["n_test_targets"] == 943
     final = json.loads((run_dir / "final.json").read_text())
     assert final["status"] == "completed" and final["steps"] == 40
+    assert final["calibration"]["n_targets"] == 943  # Platt scaling fitted on every validation target
     assert (run_dir / "config.yaml").exists() and (run_dir / "export" / "model.safetensors").exists()
     # Both orders rank the same retrieved items, so their hit rate at the full list length agrees.
     beam, calibrated = systems["e2erec"]["overall"], systems["e2erec_calibrated"]["overall"]
     assert beam["hr@20"]["value"] == pytest.approx(calibrated["hr@20"]["value"])
+
+
+@pytest.mark.slow
+def test_eval_of_an_export_reproduces_the_run_report(tiny_run, tmp_path):
+    """`e2erec eval --export` puts a trained model beside the baselines; same model and protocol, same numbers."""
+    run_dir, _ = tiny_run
+    _e2erec("eval", "--export", str(run_dir / "export"), "--systems", "popularity", "--out", str(tmp_path),
+            f"out_dir={run_dir}", "eval.bootstrap=10", "eval.beam_size=20", "eval.top_k=20", "eval.ks=[1,5,10,20]")
+    ran = {s["name"]: s["overall"] for s in json.loads((run_dir / "eval" / "report.json").read_text())["systems"]}
+    again = {s["name"]: s["overall"] for s in json.loads((tmp_path / "report.json").read_text())["systems"]}
+    assert set(again) == {"e2erec", "e2erec_calibrated", "popularity"}
+    for name in again:
+        for metric in ("ndcg@10", "hr@20", "logloss"):
+            if metric in ran[name]:
+                assert again[name][metric]["value"] == pytest.approx(ran[name][metric]["value"]), (name, metric)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ the training split (early-stopped on validation), evaluate them all on the same 
     e2erec eval                                                   # ml-100k, every baseline in eval.baselines
     e2erec eval --systems popularity,sasrec eval.baseline_epochs=5
     e2erec eval data=synthetic --out runs/synth-eval
+    e2erec eval --export runs/default/export --systems sasrec     # a trained end-to-end model beside SASRec
 
 The report (report.md, report.json, PNG plots) and the resolved config go to `--out`, default `<run dir>/eval`.
 """
@@ -22,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="run config: a name under configs/run/ or a YAML path")
     parser.add_argument("--systems", default=None,
                         help="comma-separated systems to fit and evaluate (default: eval.baselines from the config)")
+    parser.add_argument("--export", action="append", default=[], metavar="DIR",
+                        help="an `e2erec train` export to evaluate beside the baselines, in beam and calibration "
+                             "order (repeatable)")
     parser.add_argument("--out", default=None, help="report folder (default: <run dir>/eval)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.baseline_epochs=5 data=ml-1m")
 
@@ -42,6 +46,16 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         system.fit(inter, split, cfg)
         print(f"fitted {system.name} in {time.perf_counter() - t0:.1f}s")
+    generative = []
+    for export in args.export:
+        from e2erec.generate.system import GenerativeSystem
+
+        for order in ("beam", "calibration"):
+            system = GenerativeSystem.from_export(export, inter, rank_by=order)[0]
+            if len(args.export) > 1:  # tell the models apart by their run folder
+                system.name = f"{system.name}:{Path(export).resolve().parent.name}"
+            generative.append(system)
+    systems = generative + systems
     out = Path(args.out) if args.out else cfg.run_dir / "eval"
     save_resolved(cfg, out)
     evaluate_systems(systems, inter, split, cfg.eval, out)

@@ -2,7 +2,9 @@
 
 The model is a `step_fn(level, prefix_codes [B, beams, level], state) -> log-probs [B, beams, K_level]`; the search
 keeps `beam_size` prefixes per user, extends each by every code the trie allows, and keeps the best. Only real items
-come out, because a code is allowed only where the trie has a child.
+come out, because a code is allowed only where the trie has a child. Each level's log-probabilities are renormalised
+over the allowed codes, so log P(item codes) is the item's log-probability among real items (what the generative
+loss trains, `e2erec.model.model`).
 
 Steering is applied INSIDE the search (so top-K stays full) by propagating per-item values up the trie:
 value(item) = bonus(item) where the item is allowed, -inf where not; value(node) = max over the items below it.
@@ -174,6 +176,11 @@ def constrained_beam_search(
         logp = step_fn(level, prefix, BeamState(parent, alive, group))  # (B, beams, K)
         k = logp.shape[-1]
         valid, child = trie.step(level, torch.where(alive, node, torch.full_like(node, -1)))  # (B, beams, K)
+        # Renormalise over the codes the trie allows (the masked softmax the generative loss trains), so an item's
+        # score is its log-probability among real items whatever mass the model leaves on invalid codes.
+        logp = logp.float().masked_fill(~valid, NEG_INF)
+        norm = logp.logsumexp(-1, keepdim=True)
+        logp = torch.where(valid, logp - norm, logp)
         # Heuristic: the best value still reachable below each child node.
         h = values[level][group[None, :, None], user_row[:, :, None], child.clamp_min(0)]  # (B, beams, K)
         cum = score[..., None] + logp.float()  # (B, beams, K)

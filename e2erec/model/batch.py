@@ -84,6 +84,9 @@ class ModelBatch:
     calib_label: torch.Tensor  # float32 [T] in {0, 1}
     last_index: torch.Tensor  # int64 [B]: each sequence's last history token (BOS when the history is empty)
     loss_weights: tuple[float, float] = (1.0, 1.0)  # (generative, calibration)
+    # bool [G, sum(K_l)]: the codes the trie allows at each level after the true prefix (`trie_code_mask`); the
+    # generative loss normalises over them. None = over the whole codebook.
+    gen_mask: torch.Tensor | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -112,6 +115,7 @@ def build_model_batch(
     num_feedback: int = 6,
     num_time_buckets: int = 32,
     candidates: torch.Tensor | None = None,
+    trie=None,
 ) -> ModelBatch:
     """Token batch for training (targets = each sequence's last events) or scoring (targets = given candidates).
 
@@ -122,6 +126,8 @@ def build_model_batch(
     events are also used as generative targets and the head sees several horizons; without one the batch is
     deterministic (validation). Scoring: every event is history and ``candidates`` [B, C] (item ids) are targets
     with label 0 (unused). ``max_history`` keeps the most recent history events (the model's max_tokens_per_seq).
+    With a ``trie`` (`e2erec.tokenizer.trie.PrefixTrie` of ``codes``), ``gen_mask`` holds each generative target's
+    valid codes per level (`trie_code_mask`).
     """
     offsets = _as_tensor(events.offsets, torch.int64).cpu()
     item = _as_tensor(events.item, torch.int64).cpu()
@@ -204,7 +210,8 @@ def build_model_batch(
     last_hist = pos == h_tok  # the last history token (BOS when the history is empty)
     predicts = (is_bos | is_hist) & ~(last_hist & ((k[seq_of_tok] == 0) | (candidates is not None)))
     gen_index = predicts.nonzero().squeeze(1)
-    gen_codes = codes[item[ev[gen_index] + 1]]
+    gen_items = item[ev[gen_index] + 1]
+    gen_codes = codes[gen_items]
 
     calib_index = is_target.nonzero().squeeze(1)
     calib_label = torch.zeros(calib_index.numel()) if candidates is not None else lab[ev[calib_index]].float()
@@ -225,4 +232,12 @@ def build_model_batch(
         calib_label=calib_label,
         last_index=tok_offsets[:-1] + hist_len,
         loss_weights=(float(loss_weights[0]), float(loss_weights[1])),
+        gen_mask=None if trie is None else trie_code_mask(trie, gen_items),
     )
+
+
+def trie_code_mask(trie, items: torch.Tensor) -> torch.Tensor:
+    """bool [n, sum(K_l)]: for each item, the codes the trie allows at level l after the item's own first l codes,
+    levels side by side. The beam search can only emit these, so the generative loss normalises over them too."""
+    items = torch.as_tensor(items, dtype=torch.int64, device=trie.device)
+    return torch.cat([trie.step(level, trie.item_node[level][items])[0] for level in range(trie.n_levels)], dim=1)

@@ -11,12 +11,17 @@ Generative head (code-level decoding). For the hidden state h of a history token
     z_0 = h;   log p(c_l | h, c_<l) = log_softmax(RMSNorm(z_{l-1}) @ E_l^T)       (E_l tied with the input tables)
     z_l = z_{l-1} + SwiGLU_l(RMSNorm(z_{l-1} + E_l[c_l]))
 
-trained with teacher forcing (the true prefix) and cross-entropy per level; the sum over levels is the item's
-negative log-likelihood, our ``gen_loss``. Beam search calls ``next_code_logprobs`` with the encoded history.
+trained with teacher forcing (the true prefix) and cross-entropy per level, each level's softmax restricted to the
+codes the prefix trie allows after the true prefix (the only ones the constrained beam search can emit; without the
+restriction the head spends capacity and probability on code paths that name no item, and on a catalogue far smaller
+than the code space most levels below the first are fully determined by the prefix); the sum over levels is the
+item's negative log-likelihood among real items, our ``gen_loss``. Beam search calls ``next_code_logprobs`` with the encoded history.
 
-Calibration head: logit = MLP(RMSNorm(h_target)), probability = sigmoid(logit), trained with binary cross-entropy on
-real feedback labels, the proper scoring rule whose minimiser is the true conditional probability, so the outputs
-are probabilities (checked by ECE in tests/model), not just an order.
+Calibration head: logit = MLP(RMSNorm(h_target)), probability = sigmoid(a * logit + b), trained with binary
+cross-entropy on real feedback labels, the proper scoring rule whose minimiser is the true conditional probability,
+so the outputs are probabilities (checked by ECE in tests/model), not just an order. (a, b) = (1, 0) while training;
+after it, Platt scaling on the validation targets sets them (``e2erec.train.calibrate``), because a head trained for
+many epochs on each user's few labelled targets ends over-confident on new ones (LogLoss above the base rate's).
 """
 
 from __future__ import annotations
@@ -172,6 +177,9 @@ class GenerativeRecommender(nn.Module):
         )
         self.calib_norm = RMSNorm(d)
         self.calib_mlp = nn.Sequential(nn.Linear(d, cfg.calibration_hidden), nn.SiLU(), nn.Linear(cfg.calibration_hidden, 1))
+        # Post-hoc Platt scaling of the calibration logit (not trained by the optimizer); saved with the weights.
+        self.register_buffer("calib_scale", torch.ones(()))
+        self.register_buffer("calib_shift", torch.zeros(()))
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------------------ init & counts
@@ -251,18 +259,33 @@ class GenerativeRecommender(nn.Module):
         """z_{l} = z_{l-1} + SwiGLU(RMSNorm(z_{l-1} + E_l[c_l])), for level l = `level` (0-based)."""
         return z + self.step_ffn[level](self.step_norm[level](z + self.code_emb[level](code)))
 
-    def generative_logits(self, hidden: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
-        """Teacher-forced logits per level: hidden (G, d), true codes (G, L) -> L tensors (G, K_l)."""
+    def generative_logits(self, hidden: torch.Tensor, codes: torch.Tensor,
+                          mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Teacher-forced logits per level: hidden (G, d), true codes (G, L) -> L tensors (G, K_l). With ``mask``
+        (bool (G, sum K_l), `e2erec.model.batch.trie_code_mask`) the codes the trie forbids get -inf, so the
+        softmax is over real items' codes only: the support the constrained beam search decodes from."""
         out, z = [], hidden
+        masks = mask.split(self.codebook_sizes, dim=1) if mask is not None else [None] * len(self.codebook_sizes)
         for level in range(len(self.codebook_sizes)):
-            out.append(self._code_logits(z, level))
+            logits = self._code_logits(z, level)
+            out.append(logits if masks[level] is None else logits.masked_fill(~masks[level], float("-inf")))
             if level + 1 < len(self.codebook_sizes):
                 z = self._decoder_step(z, level, codes[:, level])
         return out
 
     def calibration_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logit of P(positive feedback) for target-token hidden states (T, d) -> (T,)."""
+        """Raw (trained, not Platt-scaled) logit of P(positive feedback) for target-token hidden states (T, d) -> (T,)."""
         return self.calib_mlp(self.calib_norm(hidden)).squeeze(-1)
+
+    def calibrated_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """P(positive feedback) for target-token hidden states (T, d) -> (T,), Platt scaling applied (float32)."""
+        logit = self.calibration_logits(hidden).float()
+        return torch.sigmoid(self.calib_scale.float() * logit + self.calib_shift.float())
+
+    def set_calibration(self, scale: float, shift: float) -> None:
+        """Install Platt scaling: P = sigmoid(scale * logit + shift)."""
+        self.calib_scale.fill_(scale)
+        self.calib_shift.fill_(shift)
 
     # ------------------------------------------------------------------------------------------ training
 
@@ -275,7 +298,7 @@ class GenerativeRecommender(nn.Module):
         out: dict[str, torch.Tensor] = {}
         n_gen = batch.gen_index.numel()
         gen = h.new_zeros(())
-        for level, logits in enumerate(self.generative_logits(h[batch.gen_index], batch.gen_codes)):
+        for level, logits in enumerate(self.generative_logits(h[batch.gen_index], batch.gen_codes, batch.gen_mask)):
             ce = F.cross_entropy(logits.float(), batch.gen_codes[:, level], reduction="sum") / max(n_gen, 1)
             out[f"gen_loss_l{level}"] = ce
             gen = gen + ce
@@ -317,7 +340,7 @@ class GenerativeRecommender(nn.Module):
             part = candidates[:, start : start + chunk]
             batch = self._batch(histories, codes, part.cpu())
             h = self.encode(batch)
-            probs.append(torch.sigmoid(self.calibration_logits(h[batch.calib_index]).float()).view(part.shape))
+            probs.append(self.calibrated_probs(h[batch.calib_index]).view(part.shape))
         if not probs:
             return torch.zeros(candidates.shape, device=next(self.parameters()).device)
         return torch.cat(probs, dim=1)

@@ -27,6 +27,9 @@ class TrainConfig:
     gen_loss_weight: float = 1.0
     calib_loss_weight: float = 1.0
     num_candidates: int = 4  # candidate targets appended per sequence for the calibration head
+    # Generative loss: each level's softmax over the codes the semantic-ID trie allows after the true prefix (the
+    # beam search's support) instead of the whole codebook. See e2erec/model/model.py.
+    trie_softmax: bool = True
     log_every: int = 10
     eval_every: int = 200
     ckpt_every: int = 500
@@ -38,6 +41,7 @@ class TrainConfig:
     resume: str = ""  # "" = fresh run, "auto" = newest checkpoint in <run_dir>/checkpoints if any, or a checkpoint path
     eval_max_targets: int = 1024  # validation targets scored at each periodic eval (0 = all)
     final_eval_max_targets: int = 0  # ... and at the end, for final.json (0 = all)
+    calibration_targets: int = 20_000  # validation targets for the post-hoc Platt scaling at the end (0 = none)
     tensorboard: bool = True
     export: bool = True  # write <run_dir>/export (safetensors, loadable without DeepSpeed) when the run ends
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -60,6 +60,8 @@ class TrainTask(Protocol):
 
     def summarize_eval(self, sums: dict[str, float]) -> dict[str, Any]: ...
 
+    def fit_calibration(self, model: torch.nn.Module, device: torch.device) -> dict[str, Any] | None: ...
+
     def artifact_ref(self) -> dict[str, Any]: ...
 
 
@@ -112,6 +114,7 @@ class Trainer:
         self._agreed_stop = False  # some rank had been signalled at the last step's all-reduce
         self._batches: Iterator | None = None
         self.last_eval: dict[str, Any] = {}
+        self.calibration: dict[str, Any] | None = None  # the post-hoc Platt scaling fitted when training ends
 
     # ------------------------------------------------------------------------------------------ bookkeeping
 
@@ -241,18 +244,22 @@ class Trainer:
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
+    def _inference_model(self) -> torch.nn.Module:
+        """The module to call outside `forward`: the engine's own, or under ZeRO-3 a plain copy holding the gathered
+        weights (evaluation calls encode, the heads and beam search, which ZeRO-3's forward hooks do not gather
+        for). Collective under ZeRO-3: call on every rank."""
+        if self.tcfg.zero_stage != 3:
+            return self.engine.module
+        if getattr(self, "_eval_model", None) is None:
+            cuda = [self.info.device] if self.info.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):  # its (overwritten) init must not shift the training RNG
+                self._eval_model = self.task.build_model().to(self.info.device)
+        self._eval_model.load_state_dict(self.full_state_dict())
+        return self._eval_model
+
     def evaluate(self, max_targets: int) -> dict[str, Any]:
         """Validation loss and retrieval metrics over (a prefix of) the validation targets, summed over ranks."""
-        model = self.engine.module
-        if self.tcfg.zero_stage == 3:
-            # Evaluation calls model methods other than forward (encode, heads, beam search), which ZeRO-3's
-            # forward hooks do not gather for; evaluate a plain copy holding the gathered weights instead.
-            if getattr(self, "_eval_model", None) is None:
-                cuda = [self.info.device] if self.info.device.type == "cuda" else []
-                with torch.random.fork_rng(devices=cuda):  # its (overwritten) init must not shift the training RNG
-                    self._eval_model = self.task.build_model().to(self.info.device)
-            self._eval_model.load_state_dict(self.full_state_dict())
-            model = self._eval_model
+        model = self._inference_model()
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -261,6 +268,19 @@ class Trainer:
         keys = sorted(sums)
         totals = D.all_sum([sums[k] for k in keys], self.info.device)
         return self.task.summarize_eval(dict(zip(keys, totals)))
+
+    def calibrate(self) -> dict[str, Any] | None:
+        """Fit the task's post-hoc calibration on validation data and install it in the trained module (before the
+        last checkpoint and the export, which therefore carry it)."""
+        model = self._inference_model()
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            fitted = self.task.fit_calibration(model, self.info.device)
+        model.train(was_training)
+        if fitted and model is not self.engine.module:
+            self.engine.module.set_calibration(fitted["scale"], fitted["shift"])
+        return fitted
 
     # ------------------------------------------------------------------------------------------ the job
 
@@ -333,6 +353,12 @@ class Trainer:
             final_eval = self.evaluate(t.final_eval_max_targets) if status == "completed" else self.last_eval
             if final_eval:
                 log.log(self.step, _flatten_eval(final_eval), kind="eval")
+            if status == "completed" and (fitted := self.calibrate()):
+                self.calibration = fitted
+                log.event(self.step, f"Platt scaling of the calibration head on {fitted['n_targets']} validation "
+                          f"targets: a={fitted['scale']:.3f} b={fitted['shift']:.3f}, LogLoss "
+                          f"{fitted['logloss_raw']:.4f} -> {fitted['logloss_calibrated']:.4f}",
+                          calibration=fitted)
             path = self.save() if self._last_saved != self.step else self.ckpt_root / C.step_dir_name(self.step)
             why = f" by {self._stop_signal or 'a signal to another rank'}" if status == "preempted" else ""
             log.event(self.step, f"{status}{why}; checkpoint {path}")
@@ -378,6 +404,8 @@ class Trainer:
             "precision": self.precision,
             "config": to_dict(self.cfg),
         }
+        if self.calibration:
+            final["calibration"] = self.calibration
         if error:
             final["error"] = error
         atomic_write_json(self.run_dir / "final.json", final)

@@ -8,14 +8,16 @@ Validation (every `train.eval_every` steps on up to `train.eval_max_targets` tar
 `train.final_eval_max_targets`, default all): for each validation event v of user u, the history is
 `offsets[u] : v` and v is the target, exactly as at test time.
 
-- eval_loss = w_gen * (item NLL of v, the sum over code levels of the teacher-forced cross-entropy)
+- eval_loss = w_gen * (item NLL of v, the sum over code levels of the teacher-forced cross-entropy, normalised
+  over the trie's valid codes when `train.trie_softmax`)
             + w_calib * (binary cross-entropy of the calibration head on v's real label); the training loss's
   definition, on held-out targets only.
 - metrics.sid_exact_match: the teacher-forced argmax code equals v's code at every level.
 - metrics.sid_recall@10: v is among the 10 items of a trie-constrained beam search of width 10 (the search of
   `e2erec.generate`, without steering, so seen items may appear); a quick check that tracks training — the
   evaluation report (wider beam, exclude-seen) is the protocol.
-- metrics.calib_logloss and metrics.calib_base_rate (mean label), to read the calibration loss against.
+- metrics.calib_logloss and metrics.calib_base_rate (mean label), to read the calibration loss against; the raw
+  head's, before the Platt scaling that `fit_calibration` fits on these targets when training ends.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from e2erec.config import RunConfig
 from e2erec.data.types import Interactions, Split
 from e2erec.generate.beam import constrained_beam_search
 from e2erec.model import GenerativeRecommender, build_model_batch
+from e2erec.model.batch import trie_code_mask
 from e2erec.model.model import HistoryState
 from e2erec.tokenizer.trie import PrefixTrie
 from e2erec.train import distributed as D
+from e2erec.train.calibrate import fit_platt, mean_log_loss
 
 RECALL_K = 10
 EVAL_BATCH = 256  # validation sequences per forward pass; bounded by the longest history (max_seq_len tokens)
@@ -109,6 +113,7 @@ class RecTask:
             events, self.codes, num_candidates=num_candidates, generator=generator,
             loss_weights=(self.cfg.train.gen_loss_weight, self.cfg.train.calib_loss_weight),
             max_history=m.max_tokens_per_seq, num_feedback=m.num_feedback, num_time_buckets=m.num_time_buckets,
+            trie=self.trie if self.cfg.train.trie_softmax else None,
         )
 
     def train_batch(self, indices, generator: torch.Generator):
@@ -139,8 +144,10 @@ class RecTask:
             batch = self._model_batch(users, chunk + 1, 1, None).to(device)
             h = model.encode(batch)  # (N, d)
             hl = h[batch.last_index]  # (B, d): the state that predicts the target v
-            tgt = self.codes[np.asarray(self.inter.item)[chunk]].to(device)  # (B, L)
-            logits = model.generative_logits(hl, tgt)  # L x (B, K_l)
+            tgt_items = torch.as_tensor(np.asarray(self.inter.item)[chunk])
+            tgt = self.codes[tgt_items].to(device)  # (B, L)
+            mask = trie_code_mask(self.trie, tgt_items).to(device) if self.cfg.train.trie_softmax else None
+            logits = model.generative_logits(hl, tgt, mask)  # L x (B, K_l)
             nll = sum(F.cross_entropy(lg.float(), tgt[:, i], reduction="none") for i, lg in enumerate(logits))
             exact = torch.stack([lg.argmax(-1) == tgt[:, i] for i, lg in enumerate(logits)]).all(0)
             state = HistoryState(hidden=hl)
@@ -160,6 +167,27 @@ class RecTask:
             sums["label"] += float((label * weight).sum())
         sums["w_loss"] = w_gen * sums["nll"] + w_calib * sums["bce"]
         return sums
+
+    def fit_calibration(self, model: GenerativeRecommender, device: torch.device) -> dict[str, Any] | None:
+        """Fit Platt scaling of the calibration head on (up to `train.calibration_targets` of) the validation
+        targets and install it in `model`; None when it is off. Every rank computes the same fit from the same
+        targets (a few thousand forward rows), so the installed values agree without a collective."""
+        max_targets = self.cfg.train.calibration_targets
+        if max_targets <= 0 or len(self.valid) == 0:
+            return None
+        targets = self.valid[:max_targets]
+        logits, labels = [], []
+        for start in range(0, len(targets), EVAL_BATCH):
+            chunk = targets[start:start + EVAL_BATCH]
+            batch = self._model_batch(self.inter.user_of(chunk), chunk + 1, 1, None).to(device)
+            h = model.encode(batch)
+            logits.append(model.calibration_logits(h[batch.calib_index]).float().cpu())
+            labels.append(batch.calib_label.cpu())
+        x, y = torch.cat(logits), torch.cat(labels)
+        scale, shift = fit_platt(x, y)
+        model.set_calibration(scale, shift)
+        return {"scale": scale, "shift": shift, "n_targets": int(x.numel()),
+                "logloss_raw": mean_log_loss(x, y), "logloss_calibrated": mean_log_loss(x, y, scale, shift)}
 
     def summarize_eval(self, sums: dict[str, float]) -> dict[str, Any]:
         if sums["n"] == 0:  # e.g. a temporal split whose validation window is empty

@@ -43,10 +43,21 @@ class RandomModel:
         b = torch.arange(prefix.shape[0])[:, None]
         return self.tables[level][b, self._index(prefix)]  # (B, beams, K)
 
-    def item_scores(self, codes):  # (B, n_items): exact log P(item codes)
+    def item_scores(self, codes):
+        """(B, n_items): exact log P(item codes), each level renormalised over the codes that some item has after
+        that prefix (the support of the constrained search), computed from the code rows alone."""
+        rows = codes.tolist()
         out = torch.zeros(self.tables[0].shape[0], codes.shape[0])
         for level in range(len(SIZES)):
-            out += self.tables[level][:, self._index(codes[:, :level]), codes[:, level]]
+            allowed = {}
+            for row in rows:
+                allowed.setdefault(tuple(row[:level]), set()).add(row[level])
+            mask = torch.zeros(len(rows), SIZES[level], dtype=torch.bool)
+            for j, row in enumerate(rows):
+                mask[j, sorted(allowed[tuple(row[:level])])] = True
+            logp = self.tables[level][:, self._index(codes[:, :level])]  # (B, n_items, K)
+            norm = logp.masked_fill(~mask, float("-inf")).logsumexp(-1)  # (B, n_items)
+            out += logp.gather(-1, codes[:, level].expand(logp.shape[0], -1)[..., None]).squeeze(-1) - norm
         return out
 
 

@@ -5,7 +5,8 @@ import torch
 
 from e2erec.errors import ArtifactMismatchError
 from e2erec.model import build_model_batch
-from e2erec.model.batch import HIDDEN
+from e2erec.model.batch import HIDDEN, trie_code_mask
+from e2erec.tokenizer.trie import PrefixTrie
 
 from .helpers import Events, random_codes, random_events
 
@@ -35,6 +36,22 @@ def test_worked_example_from_the_docstring():
     assert b.gen_codes.tolist() == [[1, 4, 0], [1, 2, 0], [6, 0, 0]]
     assert b.calib_index.tolist() == [3, 4] and b.calib_label.tolist() == [1.0, 0.0]
     assert b.last_index.tolist() == [2]
+
+
+def test_trie_code_mask_allows_exactly_the_codes_of_real_items_after_each_prefix():
+    """Worked example's codes (items 2, 3, 7, 9 on 3 levels of 8 codes): after (1,) only 2 and 4 exist; after (6, 0)
+    only 0 and 1; the first level allows the first codes of all four items."""
+    ev, codes = _docstring_example()
+    used = torch.tensor([2, 3, 7, 9])
+    remap = torch.full((10,), -1, dtype=torch.int64)
+    remap[used] = torch.arange(4)
+    trie = PrefixTrie.build(codes[used], [8, 8, 8])
+    mask = trie_code_mask(trie, remap[torch.tensor([7, 9])])  # items (1,4,0) and (6,0,0)
+    assert mask.shape == (2, 24)
+    allowed = [[c for c in range(8) if mask[i, 8 * level + c]] for i in range(2) for level in range(3)]
+    assert allowed == [[1, 6], [2, 4], [0], [1, 6], [0], [0, 1]]
+    b = build_model_batch(ev, codes, num_candidates=2)
+    assert b.gen_mask is None  # no trie: the loss normalises over the whole codebook
 
 
 def test_short_and_empty_histories_keep_one_history_event():

@@ -118,6 +118,12 @@ def test_resume_export_and_mismatch(dist_info, sids_dir, tmp_path):
     for key in ("loss", "gen_loss", "calib_loss"):
         assert torch.equal(want[key], got[key]), key
 
+    # Platt scaling fitted on the validation targets at the end is in final.json and in the exported weights.
+    cal = final["calibration"]
+    assert cal["n_targets"] > 100 and cal["logloss_calibrated"] <= cal["logloss_raw"] + 1e-9
+    assert (float(model.calib_scale), float(model.calib_shift)) == pytest.approx((cal["scale"], cal["shift"]))
+    assert (cal["scale"], cal["shift"]) != (1.0, 0.0)
+
     # A checkpoint from another model shape is refused, naming what differs.
     with pytest.raises(ArtifactMismatchError, match=r"blocks\.0\.attn_norm\.weight has shape \[64\] in the checkpoint vs \[32\] now"):
         make_trainer(dist_info, tmp_path / "c", sids_dir, "model.d_model=32", "train.resume=" + str(a_dir)).run()
