@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     name = next((a for a in argv if not a.startswith("-")), None)
     if name in COMMANDS:
         module = _load(name)
-        sub = parser._subparsers._group_actions[0].choices[name]  # noqa: SLF001 - argparse keeps no public handle
+        sub = parser._subparsers._group_actions[0].choices[name]
         module.add_arguments(sub)
     args = parser.parse_args(argv)
     from e2erec.config import ConfigError
