@@ -26,7 +26,10 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gen_loss_weight: float = 1.0
     calib_loss_weight: float = 1.0
-    num_candidates: int = 4  # candidate targets appended per sequence for the calibration head
+    # Calibration targets per sequence: up to this many of its last events (k drawn per sequence and epoch). More
+    # targets = more labels for the head: on ml-100k, 32 instead of 4 cut the raw validation LogLoss at step 400
+    # from 0.85 to 0.60.
+    num_candidates: int = 32
     # Generative loss: each level's softmax over the codes the semantic-ID trie allows after the true prefix (the
     # beam search's support) instead of the whole codebook. See e2erec/model/model.py.
     trie_softmax: bool = True

@@ -39,8 +39,8 @@ def test_forward_shapes_and_losses(backbone):
     torch.testing.assert_close(out["gen_loss"], total)
     torch.testing.assert_close(out["loss"], out["gen_loss"] + out["calib_loss"])
     # at init the heads are near uniform: NLL ~ log(4 * 4 * 3), BCE ~ log 2
-    assert abs(float(out["gen_loss"]) - torch.log(torch.tensor(48.0)).item()) < 0.3
-    assert abs(float(out["calib_loss"]) - 0.6931) < 0.05
+    assert abs(out["gen_loss"].item() - torch.log(torch.tensor(48.0)).item()) < 0.3
+    assert abs(out["calib_loss"].item() - 0.6931) < 0.05
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
