@@ -143,13 +143,9 @@ def _key_ranges(start_m, L, history, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.
 
 
 @triton.jit
-def _fwd_inner(
-    acc, m_i, l_i, q, start_n, offs_m, offs_d, L, history, seq_start, head, H, D,
-    K, V, skt, skh, svt, svh, TS, POS_BIAS, TIME_BIAS, P, T, window, scale, norm,
-    KIND: tl.constexpr, HAS_TARGETS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
-    HAS_TIME: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    offs_n = start_n + tl.arange(0, BLOCK_N)
+def _load_kv_tile(K, V, seq_start, offs_n, offs_d, L, D, head, skt, skh, svt, svh, UPCAST: tl.constexpr):
+    """One key block's k and v (BLOCK_N, BLOCK_D), zero past the sequence end and the head dimension; the forward
+    loop and both backward kernels read keys the same way."""
     kv_mask = (offs_n < L)[:, None] & (offs_d < D)[None, :]
     rows = (seq_start + offs_n)[:, None]
     k = tl.load(K + rows * skt + head * skh + offs_d[None, :], mask=kv_mask, other=0.0)
@@ -157,6 +153,18 @@ def _fwd_inner(
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
+    return k, v
+
+
+@triton.jit
+def _fwd_inner(
+    acc, m_i, l_i, q, start_n, offs_m, offs_d, L, history, seq_start, head, H, D,
+    K, V, skt, skh, svt, svh, TS, POS_BIAS, TIME_BIAS, P, T, window, scale, norm,
+    KIND: tl.constexpr, HAS_TARGETS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
+    HAS_TIME: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k, v = _load_kv_tile(K, V, seq_start, offs_n, offs_d, L, D, head, skt, skh, svt, svh, UPCAST)
     s, allowed, _pb, _tb = _scores(
         q, k, offs_m, offs_n, L, history, seq_start, head, H, TS, POS_BIAS, TIME_BIAS, P, T, window, scale,
         HAS_TARGETS, HAS_WINDOW, HAS_POS, HAS_TIME, PREC,
@@ -290,13 +298,7 @@ def _bwd_dq_kernel(
             last = hi
         for start_n in range(first, last, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
-            kv_mask = (offs_n < L)[:, None] & (offs_d < D)[None, :]
-            krows = (seq_start + offs_n)[:, None]
-            k = tl.load(K + krows * skt + head * skh + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(V + krows * svt + head * svh + offs_d[None, :], mask=kv_mask, other=0.0)
-            if UPCAST:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
+            k, v = _load_kv_tile(K, V, seq_start, offs_n, offs_d, L, D, head, skt, skh, svt, svh, UPCAST)
             s, allowed, _pb, _tb = _scores(
                 q, k, offs_m, offs_n, L, history, seq_start, head, H, TS, POS_BIAS, TIME_BIAS, P, T, window, scale,
                 HAS_TARGETS, HAS_WINDOW, HAS_POS, HAS_TIME, PREC,
@@ -330,13 +332,7 @@ def _bwd_dkdv_kernel(
         return
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    kv_mask = (offs_n < L)[:, None] & (offs_d < D)[None, :]
-    krows = (seq_start + offs_n)[:, None]
-    k = tl.load(K + krows * skt + head * skh + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + krows * svt + head * svh + offs_d[None, :], mask=kv_mask, other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k, v = _load_kv_tile(K, V, seq_start, offs_n, offs_d, L, D, head, skt, skh, svt, svh, UPCAST)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     # Queries that can see this key block: causal from start_n; the window stops history queries at
@@ -367,6 +363,8 @@ def _bwd_dkdv_kernel(
             tl.atomic_add(DPOS + pb * H + head, ds, mask=allowed)
         if HAS_TIME:
             tl.atomic_add(DTIME + tb * H + head, ds, mask=allowed)
+    kv_mask = (offs_n < L)[:, None] & (offs_d < D)[None, :]
+    krows = (seq_start + offs_n)[:, None]
     tl.store(DK + krows * sdkt + head * sdkh + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + krows * sdvt + head * sdvh + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
 

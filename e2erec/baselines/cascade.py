@@ -34,13 +34,13 @@ from tqdm.auto import tqdm
 
 from e2erec.baselines.common import (
     ItemEncoder,
-    batches,
     category_matrix,
     eval_config,
     fit_early_stopping,
     seed_everything,
     select_score,
     split_valid_targets,
+    train_epoch_over,
 )
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.metrics import log_loss
@@ -152,26 +152,21 @@ class Cascade:
         n_neg = ecfg.cascade_negatives
         cut = int(ecfg.select_metric.partition("@")[2] or ecfg.top_k)
 
+        def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, int]:
+            t = train[idx]
+            hist, labels, _ = padded_histories(inter, t, self.max_len)
+            u = self.retrieval.user_vectors(torch.from_numpy(hist), torch.from_numpy(labels))  # (B, d)
+            pos = inter.item[t]
+            cand = np.concatenate([pos, rng.integers(0, n_items, n_neg)])  # (B + S,)
+            logits = u @ self.retrieval.items(torch.from_numpy(cand)).T  # (B, B + S)
+            log_q = np.log(len(t) * freq[cand] + n_neg / n_items)
+            logits = logits - torch.from_numpy(log_q).float()
+            hit = torch.from_numpy(cand[None, :] == pos[:, None])  # accidental hits, except the true column
+            hit[torch.arange(len(t)), torch.arange(len(t))] = False
+            return nn.functional.cross_entropy(logits.masked_fill(hit, -torch.inf), torch.arange(len(t))), len(t)
+
         def train_epoch(epoch: int) -> float:
-            total = 0.0
-            steps = list(batches(len(train), batch, rng))
-            for idx in tqdm(steps, desc=f"{self.name} retrieval epoch {epoch}", leave=False, disable=None):
-                t = train[idx]
-                hist, labels, _ = padded_histories(inter, t, self.max_len)
-                u = self.retrieval.user_vectors(torch.from_numpy(hist), torch.from_numpy(labels))  # (B, d)
-                pos = inter.item[t]
-                cand = np.concatenate([pos, rng.integers(0, n_items, n_neg)])  # (B + S,)
-                logits = u @ self.retrieval.items(torch.from_numpy(cand)).T  # (B, B + S)
-                log_q = np.log(len(t) * freq[cand] + n_neg / n_items)
-                logits = logits - torch.from_numpy(log_q).float()
-                hit = torch.from_numpy(cand[None, :] == pos[:, None])  # accidental hits, except the true column
-                hit[torch.arange(len(t)), torch.arange(len(t))] = False
-                loss = nn.functional.cross_entropy(logits.masked_fill(hit, -torch.inf), torch.arange(len(t)))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(t)
-            return total / len(train)
+            return train_epoch_over(opt, len(train), batch, rng, f"{self.name} retrieval epoch {epoch}", batch_loss)
 
         def validate() -> float:
             recs = [top_k(mask_history(self._retrieval_log_probs(inter, v), inter, v), cut)
@@ -188,19 +183,14 @@ class Cascade:
         opt = torch.optim.Adam(self.ranker.parameters(), lr=ecfg.baseline_lr)
         batch = ecfg.baseline_batch_size * RANKER_BATCH_FACTOR
 
+        def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, int]:
+            t = train[idx]
+            logits = self._ranker_logits(inter, t, inter.item[t][:, None])[:, 0]
+            y = torch.from_numpy(inter.label[t].astype(np.float32))
+            return nn.functional.binary_cross_entropy_with_logits(logits, y), len(t)
+
         def train_epoch(epoch: int) -> float:
-            total = 0.0
-            steps = list(batches(len(train), batch, rng))
-            for idx in tqdm(steps, desc=f"{self.name} ranker epoch {epoch}", leave=False, disable=None):
-                t = train[idx]
-                logits = self._ranker_logits(inter, t, inter.item[t][:, None])[:, 0]
-                y = torch.from_numpy(inter.label[t].astype(np.float32))
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(t)
-            return total / len(train)
+            return train_epoch_over(opt, len(train), batch, rng, f"{self.name} ranker epoch {epoch}", batch_loss)
 
         def validate() -> float:
             return float(log_loss(self.predict_proba(inter, valid, inter.item[valid]), inter.label[valid]))

@@ -106,6 +106,22 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None = None):
         yield order[start : start + batch_size]
 
 
+def train_epoch_over(opt: torch.optim.Optimizer, n: int, batch_size: int, rng: np.random.Generator, desc: str,
+                     loss_of: Callable[[np.ndarray], tuple[torch.Tensor, int]]) -> float:
+    """One shuffled pass over range(n) in batches: `loss_of(indices) -> (mean loss, count)`, one optimizer step per
+    batch; returns the count-weighted mean loss (what `fit_early_stopping` logs per epoch)."""
+    from tqdm.auto import tqdm
+
+    total, seen = 0.0, 0
+    for idx in tqdm(list(batches(n, batch_size, rng)), desc=desc, leave=False, disable=None):
+        loss, count = loss_of(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, seen = total + loss.item() * count, seen + count
+    return total / max(seen, 1)
+
+
 def category_matrix(inter: Interactions) -> torch.Tensor:
     """Multi-hot item categories, rows normalised to sum 1: float32 [n_items, n_categories] (0 columns if none)."""
     names = sorted({c for cats in inter.items.categories for c in cats})

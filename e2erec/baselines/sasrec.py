@@ -12,15 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from e2erec.baselines.common import (
-    batches,
     eval_config,
     fit_early_stopping,
     seed_everything,
     select_score,
     split_valid_targets,
+    train_epoch_over,
 )
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.protocol import mask_history, padded_histories, top_k
@@ -96,19 +95,15 @@ class SASRec:
         valid = split_valid_targets(split)
         cut = int(ecfg.select_metric.partition("@")[2] or ecfg.top_k)
 
+        def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, int]:
+            x, y = torch.from_numpy(inputs[idx]), torch.from_numpy(targets[idx])
+            h = self.net(x)[y >= 0]  # (n_positions, dim)
+            logits = h @ self.net.item.weight[: inter.n_items].T  # (n_positions, n_items)
+            return nn.functional.cross_entropy(logits, y[y >= 0]), len(h)
+
         def train_epoch(epoch: int) -> float:
-            total, n = 0.0, 0
-            steps = list(batches(len(inputs), ecfg.baseline_batch_size, rng))
-            for idx in tqdm(steps, desc=f"sasrec epoch {epoch}", leave=False, disable=None):
-                x, y = torch.from_numpy(inputs[idx]), torch.from_numpy(targets[idx])
-                h = self.net(x)[y >= 0]  # (n_positions, dim)
-                logits = h @ self.net.item.weight[: inter.n_items].T  # (n_positions, n_items)
-                loss = nn.functional.cross_entropy(logits, y[y >= 0])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, n = total + loss.item() * len(h), n + len(h)
-            return total / max(n, 1)
+            return train_epoch_over(opt, len(inputs), ecfg.baseline_batch_size, rng, f"sasrec epoch {epoch}",
+                                    batch_loss)
 
         def validate() -> float:
             recs = self.recommend(inter, valid, cut)

@@ -47,14 +47,14 @@ def run(args: argparse.Namespace) -> int:
         system.fit(inter, split, cfg)
         print(f"fitted {system.name} in {time.perf_counter() - t0:.1f}s")
     generative = []
-    for export in args.export:
+    if args.export:
         from e2erec.generate.system import GenerativeSystem
-
-        for order in ("beam", "calibration"):
-            system = GenerativeSystem.from_export(export, inter, rank_by=order)[0]
+    for export in args.export:
+        pair, _ = GenerativeSystem.both_orders(export, inter)
+        for system in pair:
             if len(args.export) > 1:  # tell the models apart by their run folder
                 system.name = f"{system.name}:{Path(export).resolve().parent.name}"
-            generative.append(system)
+        generative += pair
     systems = generative + systems
     out = Path(args.out) if args.out else cfg.run_dir / "eval"
     save_resolved(cfg, out)

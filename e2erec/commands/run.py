@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fitted {system.name} in {time.perf_counter() - t0:.0f}s", flush=True)
 
     _stage("generate + evaluate", start)
-    systems = [GenerativeSystem.from_export(export, inter, rank_by=order)[0] for order in ("beam", "calibration")]
+    systems, _ = GenerativeSystem.both_orders(export, inter)
     report_dir = run_dir / "eval"
     evaluate_systems(systems + baselines, inter, split, cfg.eval, report_dir)
     elapsed = time.perf_counter() - start

@@ -183,7 +183,7 @@ def constrained_beam_search(
         logp = torch.where(valid, logp - norm, logp)
         # Heuristic: the best value still reachable below each child node.
         h = values[level][group[None, :, None], user_row[:, :, None], child.clamp_min(0)]  # (B, beams, K)
-        cum = score[..., None] + logp.float()  # (B, beams, K)
+        cum = score[..., None] + logp  # (B, beams, K)
         rank = torch.where(valid, cum + h, torch.full_like(cum, NEG_INF))
         # Select per group: (B, G, beam_size * K) -> top beam_size.
         rank_g = rank.view(batch_size, n_groups, beam_size * k)

@@ -53,6 +53,14 @@ class GenerativeSystem:
         meta = export_meta(export_dir)
         return cls(model, SemanticIDs.load(meta["semantic_ids"]["path"], inter), cfg, **kwargs), inter
 
+    @classmethod
+    def both_orders(cls, export_dir: str | Path,
+                    inter: Interactions | None = None) -> tuple[list[GenerativeSystem], Interactions]:
+        """The export in beam order and in calibration order (what reports show side by side), sharing one loaded
+        model and semantic-ID artifact. Returns ([beam, calibrated], dataset)."""
+        beam, inter = cls.from_export(export_dir, inter, rank_by="beam")
+        return [beam, cls(beam.model, beam.sids, beam.cfg, rank_by="calibration")], inter
+
     def fit(self, inter: Interactions, split: Split, cfg) -> None:
         """Nothing to do: the model is trained by `e2erec train` (DeepSpeed), not inside the evaluation."""
 

@@ -43,7 +43,3 @@ def fit_platt(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -
     a, b = params.detach().tolist()
     return float(a), float(b)
 
-
-def mean_log_loss(logits: torch.Tensor, labels: torch.Tensor, scale: float = 1.0, shift: float = 0.0) -> float:
-    x = torch.as_tensor(logits, dtype=torch.float64)
-    return float(F.binary_cross_entropy_with_logits(scale * x + shift, torch.as_tensor(labels, dtype=torch.float64)))

@@ -257,9 +257,10 @@ class Trainer:
         self._eval_model.load_state_dict(self.full_state_dict())
         return self._eval_model
 
-    def evaluate(self, max_targets: int) -> dict[str, Any]:
-        """Validation loss and retrieval metrics over (a prefix of) the validation targets, summed over ranks."""
-        model = self._inference_model()
+    def evaluate(self, max_targets: int, model: torch.nn.Module | None = None) -> dict[str, Any]:
+        """Validation loss and retrieval metrics over (a prefix of) the validation targets, summed over ranks.
+        `model`: an `_inference_model()` the caller already holds (saves a ZeRO-3 gather)."""
+        model = self._inference_model() if model is None else model
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -269,10 +270,10 @@ class Trainer:
         totals = D.all_sum([sums[k] for k in keys], self.info.device)
         return self.task.summarize_eval(dict(zip(keys, totals)))
 
-    def calibrate(self) -> dict[str, Any] | None:
+    def calibrate(self, model: torch.nn.Module | None = None) -> dict[str, Any] | None:
         """Fit the task's post-hoc calibration on validation data and install it in the trained module (before the
         last checkpoint and the export, which therefore carry it)."""
-        model = self._inference_model()
+        model = self._inference_model() if model is None else model
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -350,10 +351,12 @@ class Trainer:
                     log.log(self.step, _flatten_eval(self.last_eval), kind="eval")
                 if t.ckpt_every > 0 and self.step % t.ckpt_every == 0:
                     self.save()
-            final_eval = self.evaluate(t.final_eval_max_targets) if status == "completed" else self.last_eval
+            # The final evaluation and the calibration fit read the same (under ZeRO-3: gathered once) weights.
+            done = self._inference_model() if status == "completed" else None
+            final_eval = self.evaluate(t.final_eval_max_targets, done) if done is not None else self.last_eval
             if final_eval:
                 log.log(self.step, _flatten_eval(final_eval), kind="eval")
-            if status == "completed" and (fitted := self.calibrate()):
+            if done is not None and (fitted := self.calibrate(done)):
                 self.calibration = fitted
                 log.event(self.step, f"Platt scaling of the calibration head on {fitted['n_targets']} validation "
                           f"targets: a={fitted['scale']:.3f} b={fitted['shift']:.3f}, LogLoss "

@@ -31,13 +31,14 @@ import torch.nn.functional as F
 
 from e2erec.config import RunConfig
 from e2erec.data.types import Interactions, Split
+from e2erec.eval.metrics import log_loss
 from e2erec.generate.beam import constrained_beam_search
 from e2erec.model import GenerativeRecommender, build_model_batch
 from e2erec.model.batch import trie_code_mask
 from e2erec.model.model import HistoryState
 from e2erec.tokenizer.trie import PrefixTrie
 from e2erec.train import distributed as D
-from e2erec.train.calibrate import fit_platt, mean_log_loss
+from e2erec.train.calibrate import fit_platt
 
 RECALL_K = 10
 EVAL_BATCH = 256  # validation sequences per forward pass; bounded by the longest history (max_seq_len tokens)
@@ -122,6 +123,12 @@ class RecTask:
 
     # ------------------------------------------------------------------------------------------ validation
 
+    def _encode_targets(self, model: GenerativeRecommender, targets: np.ndarray, device: torch.device):
+        """(batch, hidden states (N, d)) of validation targets: each target's history with the target itself as the
+        one calibration candidate, exactly as at test time."""
+        batch = self._model_batch(self.inter.user_of(targets), targets + 1, 1, None).to(device)
+        return batch, model.encode(batch)
+
     def eval_sums(self, model: GenerativeRecommender, rank: int, world_size: int, max_targets: int,
                   device: torch.device) -> dict[str, float]:
         """Sums over this rank's share of the validation targets (the engine adds them up over ranks)."""
@@ -140,9 +147,7 @@ class RecTask:
                 if len(targets) == 0:
                     break
                 chunk, weight = targets[:1], torch.zeros(1)
-            users = self.inter.user_of(chunk)
-            batch = self._model_batch(users, chunk + 1, 1, None).to(device)
-            h = model.encode(batch)  # (N, d)
+            batch, h = self._encode_targets(model, chunk, device)
             hl = h[batch.last_index]  # (B, d): the state that predicts the target v
             tgt_items = torch.as_tensor(np.asarray(self.inter.item)[chunk])
             tgt = self.codes[tgt_items].to(device)  # (B, L)
@@ -178,16 +183,16 @@ class RecTask:
         targets = self.valid[:max_targets]
         logits, labels = [], []
         for start in range(0, len(targets), EVAL_BATCH):
-            chunk = targets[start:start + EVAL_BATCH]
-            batch = self._model_batch(self.inter.user_of(chunk), chunk + 1, 1, None).to(device)
-            h = model.encode(batch)
+            batch, h = self._encode_targets(model, targets[start:start + EVAL_BATCH], device)
             logits.append(model.calibration_logits(h[batch.calib_index]).float().cpu())
             labels.append(batch.calib_label.cpu())
         x, y = torch.cat(logits), torch.cat(labels)
         scale, shift = fit_platt(x, y)
         model.set_calibration(scale, shift)
+        y = y.numpy()
         return {"scale": scale, "shift": shift, "n_targets": int(x.numel()),
-                "logloss_raw": mean_log_loss(x, y), "logloss_calibrated": mean_log_loss(x, y, scale, shift)}
+                "logloss_raw": log_loss(torch.sigmoid(x).numpy(), y),
+                "logloss_calibrated": log_loss(torch.sigmoid(scale * x + shift).numpy(), y)}
 
     def summarize_eval(self, sums: dict[str, float]) -> dict[str, Any]:
         if sums["n"] == 0:  # e.g. a temporal split whose validation window is empty

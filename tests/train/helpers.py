@@ -11,8 +11,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 TOKENIZER = ["tokenizer.embedding=collaborative", "tokenizer.quantizer=random", "tokenizer.codebook_size=16"]
 # Small steps: 50 events per history at most, 512-token micro-batches, per-step logging, checkpoints every 3 steps.
+# No dropout (the run config's default has some): tests compare losses across separately built trainers.
 TRAIN = [
-    "model=tiny", "data.max_seq_len=50", "train.batch_tokens=512", "train.max_steps=6", "train.warmup_steps=2",
+    "model=tiny", "model.dropout=0.0", "data.max_seq_len=50", "train.batch_tokens=512", "train.max_steps=6",
+    "train.warmup_steps=2",
     "train.log_every=1", "train.eval_every=0", "train.ckpt_every=3", "train.tensorboard=false", "train.lr=3e-3",
     "train.final_eval_max_targets=128",
 ]
