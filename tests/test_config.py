@@ -20,7 +20,7 @@ from e2erec.config import (
 def test_default_run_composes_named_sections():
     cfg = load_run_config()
     assert cfg.data.name == "ml-100k"
-    assert cfg.model.name == "tiny"
+    assert cfg.model.name == "mini"
     assert cfg.train.precision == "fp32"
 
 

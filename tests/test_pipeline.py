@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -62,6 +63,21 @@ def test_eval_of_an_export_reproduces_the_run_report(tiny_run, tmp_path):
         for metric in ("ndcg@10", "hr@20", "logloss"):
             if metric in ran[name]:
                 assert again[name][metric]["value"] == pytest.approx(ran[name][metric]["value"]), (name, metric)
+
+
+@pytest.mark.slow
+def test_the_evaluating_commands_eval_section_reaches_the_export(tiny_run, ml100k):
+    """`e2erec eval --export X eval.steering...` must steer X's search, not the settings X was trained with."""
+    from e2erec.eval.config import EvalConfig, SteeringConfig
+    from e2erec.generate.system import GenerativeSystem
+
+    run_dir, _ = tiny_run
+    eval_cfg = EvalConfig(beam_size=20, top_k=20, steering=SteeringConfig(include_categories=["Comedy"]))
+    systems, inter = GenerativeSystem.both_orders(run_dir / "export", ml100k, eval_cfg)
+    for system in systems:
+        assert system.cfg.eval is eval_cfg
+        items, _ = system.generate_for(inter, np.array([0, 1]), inter.offsets[[1, 2]], 10)
+        assert (items >= 0).all() and all("Comedy" in inter.items.categories[i] for i in items.ravel())
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export:
         from e2erec.generate.system import GenerativeSystem
     for export in args.export:
-        pair, _ = GenerativeSystem.both_orders(export, inter)
+        pair, _ = GenerativeSystem.both_orders(export, inter, cfg.eval)
         for system in pair:
             if len(args.export) > 1:  # tell the models apart by their run folder
                 system.name = f"{system.name}:{Path(export).resolve().parent.name}"

@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch-tokens", type=int, default=None,
                         help="tokens in one micro-batch per GPU (default: train.batch_tokens)")
     parser.add_argument("--seq-len", type=int, default=None,
-                        help="tokens per sequence for the attention FLOPs (default: BOS + min(data.max_seq_len, "
-                             "model.max_tokens_per_seq) + train.num_candidates)")
+                        help="tokens per sequence for the attention FLOPs (default: the longest training sequence, "
+                             "BOS + min(data.max_seq_len, model.max_tokens_per_seq + train.num_candidates))")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                         help="training precision (default bf16, as on GPUs; fp32 as on CPUs)")
     parser.add_argument("--codebook-sizes", default=None,
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     tokens = cfg.train.batch_tokens if args.micro_batch_tokens is None else args.micro_batch_tokens
     if tokens < 1:
         raise ConfigError(f"command line: --micro-batch-tokens must be >= 1, got {tokens}")
-    seq_len = args.seq_len or 1 + min(cfg.data.max_seq_len, cfg.model.max_tokens_per_seq) + cfg.train.num_candidates
+    longest = min(cfg.data.max_seq_len, cfg.model.max_tokens_per_seq + cfg.train.num_candidates)
+    seq_len = args.seq_len or 1 + longest
     precision = args.precision or "bf16"
     plan = make_plan(cfg.model, _codebook(args.codebook_sizes), args.gpus, tokens, seq_len=seq_len, precision=precision)
     print(plan.table())

@@ -1,6 +1,6 @@
 """`e2erec run`: the whole pipeline on one dataset, in one command, within a time budget.
 
-    e2erec run                                    # MovieLens-100K (offline), tiny model, 15-minute budget
+    e2erec run                                    # MovieLens-100K (offline), mini model, 15-minute budget
     e2erec run --dataset synthetic --model-size small --time-budget 60
     e2erec run --config my_run.yaml train.lr=3e-4
 

@@ -7,6 +7,7 @@ order the list (`rank_by="calibration"`) and to answer `predict_proba` for the c
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Literal
 
@@ -40,25 +41,29 @@ class GenerativeSystem:
         self.fit_log: dict | None = None
 
     @classmethod
-    def from_export(cls, export_dir: str | Path, inter: Interactions | None = None,
+    def from_export(cls, export_dir: str | Path, inter: Interactions | None = None, eval_cfg=None,
                     **kwargs) -> tuple[GenerativeSystem, Interactions]:
         """Load an `e2erec train` export (no DeepSpeed) and the semantic-ID artifact it was trained with; the
-        dataset is the export's own (`cfg.data`) unless `inter` is given. Returns (system, dataset)."""
+        dataset is the export's own (`cfg.data`) unless `inter` is given. `eval_cfg` (an `EvalConfig`) replaces the
+        export's `eval` section, so the evaluating command's beam size and steering apply, not the training run's.
+        Returns (system, dataset)."""
         from e2erec.data import load_dataset
         from e2erec.tokenizer import SemanticIDs
         from e2erec.train.export import export_meta, load_exported
 
         model, cfg = load_exported(export_dir)
+        if eval_cfg is not None:
+            cfg = dataclasses.replace(cfg, eval=eval_cfg)
         inter = inter if inter is not None else load_dataset(cfg.data)
         meta = export_meta(export_dir)
         return cls(model, SemanticIDs.load(meta["semantic_ids"]["path"], inter), cfg, **kwargs), inter
 
     @classmethod
-    def both_orders(cls, export_dir: str | Path,
-                    inter: Interactions | None = None) -> tuple[list[GenerativeSystem], Interactions]:
+    def both_orders(cls, export_dir: str | Path, inter: Interactions | None = None,
+                    eval_cfg=None) -> tuple[list[GenerativeSystem], Interactions]:
         """The export in beam order and in calibration order (what reports show side by side), sharing one loaded
         model and semantic-ID artifact. Returns ([beam, calibrated], dataset)."""
-        beam, inter = cls.from_export(export_dir, inter, rank_by="beam")
+        beam, inter = cls.from_export(export_dir, inter, eval_cfg, rank_by="beam")
         return [beam, cls(beam.model, beam.sids, beam.cfg, rank_by="calibration")], inter
 
     def fit(self, inter: Interactions, split: Split, cfg) -> None:

@@ -36,6 +36,8 @@ Candidate choice for training (calibration): the sequence's own last k events wi
 AND negatives come from real feedback. We do not add sampled unseen items as label-0 negatives: "not consumed" is
 not "disliked", and the head is evaluated (ECE, LogLoss) on real held-out feedback; mixing in sampled negatives
 would shift the base rate and make the probabilities systematically too low on the distribution they are used on.
+Held-out targets are cut from the history, so training (`e2erec.train.task.training_units`) gives the calibration
+targets sequences of their own (``generative`` false) and keeps every event a generative target elsewhere.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def build_model_batch(
     events: EventsLike,
     codes: torch.Tensor,
     *,
-    num_candidates: int,
+    num_candidates: int | torch.Tensor,
     loss_weights: tuple[float, float] = (1.0, 1.0),
     generator: torch.Generator | None = None,
     max_history: int | None = None,
@@ -116,6 +118,7 @@ def build_model_batch(
     num_time_buckets: int = 32,
     candidates: torch.Tensor | None = None,
     trie=None,
+    generative: torch.Tensor | None = None,
 ) -> ModelBatch:
     """Token batch for training (targets = each sequence's last events) or scoring (targets = given candidates).
 
@@ -124,7 +127,10 @@ def build_model_batch(
     last events as calibration targets with their real labels (at least one history event stays). With a
     ``generator``, k is drawn uniformly from 1..that bound per sequence instead, so that over an epoch the last
     events are also used as generative targets and the head sees several horizons; without one the batch is
-    deterministic (validation). Scoring: every event is history and ``candidates`` [B, C] (item ids) are targets
+    deterministic (validation). ``num_candidates`` may also be an int64 tensor [B], one bound per sequence (0: no
+    calibration targets, every event is history). ``generative`` (bool [B], default all) chooses the sequences whose
+    history tokens are generative targets; the others train the calibration head only. Scoring: every event is
+    history and ``candidates`` [B, C] (item ids) are targets
     with label 0 (unused). ``max_history`` keeps the most recent history events (the model's max_tokens_per_seq).
     With a ``trie`` (`e2erec.tokenizer.trie.PrefixTrie` of ``codes``), ``gen_mask`` holds each generative target's
     valid codes per level (`trie_code_mask`).
@@ -152,7 +158,10 @@ def build_model_batch(
         k = torch.full((B,), candidates.shape[1], dtype=torch.int64)
         hist_len = lengths
     else:
-        bound = (lengths - 1).clamp(min=0).clamp(max=num_candidates)
+        per_seq = _as_tensor(num_candidates, torch.int64).cpu()
+        if per_seq.dim() > 1 or (per_seq.dim() == 1 and per_seq.numel() != B):
+            raise ValueError(f"num_candidates must be an int or [B={B}], got shape {tuple(per_seq.shape)}")
+        bound = torch.minimum((lengths - 1).clamp(min=0), per_seq.clamp(min=0))
         if generator is not None:
             draw = torch.rand(B, generator=generator)
             k = torch.where(bound > 0, 1 + (draw * bound).long().clamp(max=bound - 1), bound)
@@ -209,6 +218,11 @@ def build_model_batch(
     # In training the last history token predicts the first target; when scoring, the next event is unknown.
     last_hist = pos == h_tok  # the last history token (BOS when the history is empty)
     predicts = (is_bos | is_hist) & ~(last_hist & ((k[seq_of_tok] == 0) | (candidates is not None)))
+    if generative is not None:
+        generative = _as_tensor(generative, torch.bool).cpu()
+        if generative.shape != (B,):
+            raise ValueError(f"generative must be bool [B={B}], got shape {tuple(generative.shape)}")
+        predicts &= generative[seq_of_tok]
     gen_index = predicts.nonzero().squeeze(1)
     gen_items = item[ev[gen_index] + 1]
     gen_codes = codes[gen_items]

@@ -26,7 +26,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gen_loss_weight: float = 1.0
     calib_loss_weight: float = 1.0
-    # Calibration targets per sequence: up to this many of its last events (k drawn per sequence and epoch). More
+    # Calibration targets of each user's calibration sequence (`e2erec.train.task.training_units`; 0 = no such
+    # sequences, no calibration training): up to this many of its last events (k drawn per sequence and epoch). More
     # targets = more labels for the head: on ml-100k, 32 instead of 4 cut the raw validation LogLoss at step 400
     # from 0.85 to 0.60.
     num_candidates: int = 32

@@ -1,8 +1,8 @@
 """The recommender side of training: which sequences train, how a batch is built, and the validation metrics.
 
-Training sequences: one per user, the user's training events (`offsets[u] : split.train_end[u]`, the most recent
-`data.max_seq_len` kept), for users with at least 2 (one history event and one target). Every history token
-predicts the next item (generative head) and the last k events are calibration targets (`build_model_batch`).
+Training sequences (`training_units`), for users with at least 2 training events (`offsets[u] : split.train_end[u]`):
+generative windows of up to `data.max_seq_len` events that cover every training event, each token predicting the
+next item; and one calibration sequence per user whose last k events are labelled targets (`build_model_batch`).
 
 Validation (every `train.eval_every` steps on up to `train.eval_max_targets` targets, at the end on up to
 `train.final_eval_max_targets`, default all): for each validation event v of user u, the history is
@@ -44,6 +44,35 @@ RECALL_K = 10
 EVAL_BATCH = 256  # validation sequences per forward pass; bounded by the longest history (max_seq_len tokens)
 
 
+def training_units(offsets: np.ndarray, train_end: np.ndarray, max_len: int,
+                   calibration: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The sequences one training epoch is made of: (user, end, is_calibration, tokens), one row per unit.
+
+    Generative units cut each user's training events `offsets[u] : train_end[u]` into windows of at most `max_len`
+    events, newest first (the history `end - max_len : end`, as `gather_histories` truncates it), so every training
+    event is a next-item target exactly once per epoch, however long the user's history. Calibration units, one per
+    user with at least 2 training events, end at `train_end[u]`; the batch holds out their last k events as
+    labelled targets and predicts no items from them. Were the two one sequence, the k held-out events (the user's
+    most recent, closest to what is tested) would be cut from the generative loss: with k ~ U{1..32} the last event
+    was a generative target in 1 epoch in 32, and events beyond `max_len` never were (14% of ml-100k's).
+    Tokens = BOS + events, what the token-budget sampler packs by.
+    """
+    first = offsets[:-1]
+    n = np.maximum(np.asarray(train_end) - first, 0)
+    has = n >= 2
+    n_win = np.where(has, -(-n // max_len), 0)
+    user = np.repeat(np.arange(len(n), dtype=np.int64), n_win)
+    j = np.arange(int(n_win.sum())) - np.repeat(np.cumsum(n_win) - n_win, n_win)  # window index, 0 = newest
+    end = np.asarray(train_end, dtype=np.int64)[user] - j * max_len
+    length = np.minimum(end - first[user], max_len)
+    calib_user = np.flatnonzero(has).astype(np.int64) if calibration else np.zeros(0, np.int64)
+    users = np.concatenate([user, calib_user])
+    ends = np.concatenate([end, np.asarray(train_end, dtype=np.int64)[calib_user]])
+    is_calib = np.concatenate([np.zeros(len(user), bool), np.ones(len(calib_user), bool)])
+    tokens = np.concatenate([length, np.minimum(n[calib_user], max_len)]) + 1
+    return users, ends.astype(np.int64), is_calib, tokens.astype(np.int64)
+
+
 class RecTask:
     """Data, semantic IDs and model factory for one run; `e2erec.train.engine.TrainTask` is the contract."""
 
@@ -56,12 +85,11 @@ class RecTask:
         self.trie = PrefixTrie.build(self.codes, self.codebook_sizes)
         self.data_fingerprint = data_fingerprint
         self._artifact = artifact or {}
+        self.unit_user, self.unit_end, self.unit_calib, self.lengths = training_units(
+            np.asarray(inter.offsets), np.asarray(split.train_end), cfg.data.max_seq_len,
+            calibration=cfg.train.num_candidates > 0 and cfg.train.calib_loss_weight > 0,
+        )
         offsets = np.asarray(inter.offsets)
-        n_train = np.asarray(split.train_end) - offsets[:-1]
-        self.users = np.flatnonzero(n_train >= 2).astype(np.int64)
-        self.ends = np.asarray(split.train_end)[self.users].astype(np.int64)
-        # Tokens per sequence = BOS + kept events (the sampler packs by this; calibration targets are events too).
-        self.lengths = np.minimum(n_train[self.users], cfg.data.max_seq_len) + 1
         valid = np.asarray(split.valid, dtype=np.int64)
         valid = valid[valid - offsets[inter.user_of(valid)] >= 1]  # a target needs at least one history event
         # A fixed shuffle: any prefix (the periodic eval's eval_max_targets) is a uniform sample of the targets.
@@ -104,8 +132,8 @@ class RecTask:
         return TokenBudgetSampler(self.lengths, max_tokens=self.cfg.train.batch_tokens, seed=self.cfg.train.seed,
                                   shuffle=True, rank=rank, world_size=world_size)
 
-    def _model_batch(self, users: np.ndarray, ends: np.ndarray, num_candidates: int,
-                     generator: torch.Generator | None):
+    def _model_batch(self, users: np.ndarray, ends: np.ndarray, num_candidates: int | torch.Tensor,
+                     generator: torch.Generator | None, generative: torch.Tensor | None = None):
         from e2erec.data import gather_histories
 
         events = gather_histories(self.inter, users, ends, self.cfg.data.max_seq_len)
@@ -114,12 +142,14 @@ class RecTask:
             events, self.codes, num_candidates=num_candidates, generator=generator,
             loss_weights=(self.cfg.train.gen_loss_weight, self.cfg.train.calib_loss_weight),
             max_history=m.max_tokens_per_seq, num_feedback=m.num_feedback, num_time_buckets=m.num_time_buckets,
-            trie=self.trie if self.cfg.train.trie_softmax else None,
+            trie=self.trie if self.cfg.train.trie_softmax else None, generative=generative,
         )
 
     def train_batch(self, indices, generator: torch.Generator):
         idx = np.asarray(indices, dtype=np.int64)
-        return self._model_batch(self.users[idx], self.ends[idx], self.cfg.train.num_candidates, generator)
+        calib = torch.from_numpy(self.unit_calib[idx])
+        bound = torch.where(calib, self.cfg.train.num_candidates, 0)
+        return self._model_batch(self.unit_user[idx], self.unit_end[idx], bound, generator, generative=~calib)
 
     # ------------------------------------------------------------------------------------------ validation
 

@@ -84,6 +84,23 @@ def test_generator_draws_the_number_of_targets():
     assert torch.equal(b.num_targets, again.num_targets)
 
 
+def test_per_sequence_targets_and_generative_choice():
+    """One window per role: sequence 0 all history (bound 0, every event after the first is predicted), sequence 1
+    calibration only (3 labelled targets, no generative targets)."""
+    codes = random_codes(40, [8, 8])
+    ev = random_events([6, 6], n_items=40)
+    b = build_model_batch(ev, codes, num_candidates=torch.tensor([0, 3]), generative=torch.tensor([True, False]))
+    assert b.num_targets.tolist() == [0, 3]
+    assert b.offsets.tolist() == [0, 7, 14]
+    assert b.gen_index.tolist() == [0, 1, 2, 3, 4, 5]  # BOS + 5 events of sequence 0 predict events 0..5
+    assert b.gen_codes.tolist() == codes[ev.item[0:6]].tolist()
+    assert b.calib_index.tolist() == [11, 12, 13] and b.calib_label.tolist() == ev.label[9:12].tolist()
+    with pytest.raises(ValueError, match="num_candidates"):
+        build_model_batch(ev, codes, num_candidates=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="generative"):
+        build_model_batch(ev, codes, num_candidates=1, generative=torch.tensor([True]))
+
+
 def test_scoring_batch_appends_candidates_after_the_full_history():
     codes = random_codes(30, [6, 6])
     ev = random_events([4, 0], n_items=30)

@@ -156,7 +156,7 @@ def test_score_candidates_are_probabilities_independent_of_their_company(backbon
 
 def test_documented_parameter_counts_on_meta_device():
     """Every shipped config's documented count equals num_params (reference codebook), built on meta."""
-    names = ["tiny", "small", "base", "1b", "8b"]
+    names = ["tiny", "mini", "small", "base", "1b", "8b"]
     for name in names:
         cfg = load_run_config(None, [f"model={name}"]).model
         assert cfg.param_count > 0, f"configs/model/{name}.yaml documents no param_count"

@@ -7,6 +7,7 @@ import itertools
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from e2erec.config import ConfigError, load_run_config
@@ -87,3 +88,22 @@ def test_command_reports_bad_config_in_one_line():
     assert proc.stderr.strip().splitlines() == [
         "e2erec train: config error: command line: train.lr: expected a number, got 'fast'"
     ]
+
+
+def test_training_units_cover_every_training_event_once():
+    """Users with 7, 1, 0 and 3 training events (plus held-out rows after train_end), windows of 3: user 0 gives
+    windows [4, 7), [1, 4), [0, 1); user 3 gives one; users 1 and 2 are too short; one calibration unit per user
+    with >= 2 training events, ending at train_end."""
+    from e2erec.train.task import training_units
+
+    offsets = np.array([0, 9, 11, 12, 16])
+    train_end = np.array([7, 10, 11, 15])
+    users, ends, calib, tokens = training_units(offsets, train_end, max_len=3)
+    gen = ~calib
+    assert users[gen].tolist() == [0, 0, 0, 3] and ends[gen].tolist() == [7, 4, 1, 15]
+    assert tokens[gen].tolist() == [4, 4, 2, 4]  # BOS + events
+    covered = sorted(r for e, n in zip(ends[gen], tokens[gen] - 1) for r in range(e - n, e))
+    assert covered == [0, 1, 2, 3, 4, 5, 6, 12, 13, 14]
+    assert users[calib].tolist() == [0, 3] and ends[calib].tolist() == [7, 15] and tokens[calib].tolist() == [4, 4]
+    users, _, calib, _ = training_units(offsets, train_end, max_len=3, calibration=False)
+    assert not calib.any() and len(users) == 4
