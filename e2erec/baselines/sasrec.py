@@ -21,6 +21,7 @@ from e2erec.baselines.common import (
     split_valid_targets,
     train_epoch_over,
 )
+from e2erec.data.jagged import newest_first_windows
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.protocol import mask_history, padded_histories, top_k
 
@@ -65,10 +66,8 @@ def training_windows(inter: Interactions, split: Split, max_len: int) -> tuple[n
     """
     starts = inter.offsets[:-1]
     n_u = split.train_end - starts
-    n_win = np.where(n_u >= 2, -(-(n_u - 1) // max_len), 0)
-    user = np.repeat(np.arange(len(n_u)), n_win)
-    j = np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)  # window index, 0 = most recent
-    end = split.train_end[user] - j * max_len  # exclusive end row of the window's targets
+    # end: the exclusive end row of each window's targets
+    user, end = newest_first_windows(np.where(n_u >= 2, n_u - 1, 0), split.train_end, max_len)
     first = np.maximum(starts[user] + 1, end - max_len)  # first target row
     length = end - first
     col = np.arange(max_len)[None, :] - (max_len - length[:, None])  # (n_windows, max_len)

@@ -103,6 +103,17 @@ def gather_histories(inter: Interactions, users: np.ndarray, ends: np.ndarray, m
     )
 
 
+def newest_first_windows(counts: np.ndarray, ends: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut row i's `counts[i]` consecutive rows ending (exclusive) at `ends[i]` into windows of at most `size`,
+    newest first: returns (i of each window, its exclusive end), the oldest window of each row holding the remainder.
+    Example: counts [5, 0], ends [10, 3], size 2 -> ([0, 0, 0], [10, 8, 6])."""
+    counts = np.asarray(counts, np.int64)
+    n_win = -(-counts // size)
+    owner = np.repeat(np.arange(len(counts), dtype=np.int64), n_win)
+    j = np.arange(int(n_win.sum())) - np.repeat(np.cumsum(n_win) - n_win, n_win)  # window index, 0 = newest
+    return owner, np.asarray(ends, np.int64)[owner] - j * size
+
+
 def to_padded(batch: JaggedBatch, pad_item: int = -1, *, right_align: bool = False) -> dict[str, torch.Tensor]:
     """Padded [B, max_len] tensors plus a bool "mask" (True = real token), for baselines and tests only.
 

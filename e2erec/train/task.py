@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from e2erec.config import RunConfig
+from e2erec.data.jagged import newest_first_windows
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.metrics import log_loss
 from e2erec.generate.beam import constrained_beam_search
@@ -60,10 +61,7 @@ def training_units(offsets: np.ndarray, train_end: np.ndarray, max_len: int,
     first = offsets[:-1]
     n = np.maximum(np.asarray(train_end) - first, 0)
     has = n >= 2
-    n_win = np.where(has, -(-n // max_len), 0)
-    user = np.repeat(np.arange(len(n), dtype=np.int64), n_win)
-    j = np.arange(int(n_win.sum())) - np.repeat(np.cumsum(n_win) - n_win, n_win)  # window index, 0 = newest
-    end = np.asarray(train_end, dtype=np.int64)[user] - j * max_len
+    user, end = newest_first_windows(np.where(has, n, 0), train_end, max_len)
     length = np.minimum(end - first[user], max_len)
     calib_user = np.flatnonzero(has).astype(np.int64) if calibration else np.zeros(0, np.int64)
     users = np.concatenate([user, calib_user])
@@ -85,11 +83,11 @@ class RecTask:
         self.trie = PrefixTrie.build(self.codes, self.codebook_sizes)
         self.data_fingerprint = data_fingerprint
         self._artifact = artifact or {}
+        offsets = np.asarray(inter.offsets)
         self.unit_user, self.unit_end, self.unit_calib, self.lengths = training_units(
-            np.asarray(inter.offsets), np.asarray(split.train_end), cfg.data.max_seq_len,
+            offsets, np.asarray(split.train_end), cfg.data.max_seq_len,
             calibration=cfg.train.num_candidates > 0 and cfg.train.calib_loss_weight > 0,
         )
-        offsets = np.asarray(inter.offsets)
         valid = np.asarray(split.valid, dtype=np.int64)
         valid = valid[valid - offsets[inter.user_of(valid)] >= 1]  # a target needs at least one history event
         # A fixed shuffle: any prefix (the periodic eval's eval_max_targets) is a uniform sample of the targets.

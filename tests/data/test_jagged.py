@@ -164,3 +164,10 @@ def test_batch_to_device_keeps_max_len():
     inter = _interactions([2, 3])
     batch = gather_histories(inter, np.array([0, 1]), inter.offsets[1:], 5).to("cpu")
     assert isinstance(batch, JaggedBatch) and batch.max_len == 3 and batch.lengths().tolist() == [2, 3]
+
+
+def test_newest_first_windows_cover_each_row_once():
+    from e2erec.data.jagged import newest_first_windows
+
+    owner, end = newest_first_windows(np.array([5, 0, 2]), np.array([10, 3, 20]), 2)
+    assert owner.tolist() == [0, 0, 0, 2] and end.tolist() == [10, 8, 6, 20]
