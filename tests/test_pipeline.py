@@ -44,6 +44,11 @@ def test_run_produces_a_complete_report(tiny_run):
     final = json.loads((run_dir / "final.json").read_text())
     assert final["status"] == "completed" and final["steps"] == 40
     assert final["calibration"]["n_targets"] == 943  # Platt scaling fitted on every validation target
+    # The run config keeps the best-validation weights (steps 20 and 40 were evaluated), and the report says which.
+    assert final["selected_step"] in (20, 40)
+    md = (report_dir / "report.md").read_text()
+    assert (f"- e2erec: weights of step {final['selected_step']} of 40, the best validation eval_loss "
+            "(train.select=best)") in md
     assert (run_dir / "config.yaml").exists() and (run_dir / "export" / "model.safetensors").exists()
     # Both orders rank the same retrieved items, so their hit rate at the full list length agrees.
     beam, calibrated = systems["e2erec"]["overall"], systems["e2erec_calibrated"]["overall"]

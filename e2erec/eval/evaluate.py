@@ -137,9 +137,30 @@ def evaluate_system(system: Recommender, ctx: Context) -> dict:
         "fit_log": fit_log,
         "seconds": {"recommend": rec_seconds, "predict_proba": proba_seconds},
         "_per_event": per_event,  # kept in memory for paired comparisons; dropped from the JSON
+        "_proba": proba,  # likewise
     }
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, boot: np.ndarray | None) -> dict[str, float]:
     """Mean of a - b over the same targets with a bootstrap interval from the same user resamples."""
     return M.mean_with_ci(np.asarray(a) - np.asarray(b), boot)
+
+
+# Calibration metrics compared pairwise: name -> (metric(p, y, weights), higher is better).
+PAIRED_CALIBRATION = {
+    "auc": (M.auc, True),
+    "logloss": (M.log_loss, False),
+    "ece": (M.ece, False),
+}
+
+
+def paired_calibration_difference(pa: np.ndarray, pb: np.ndarray, ctx: Context, metric: str) -> dict[str, float]:
+    """metric(a) - metric(b) on the same test events, with a bootstrap interval from the same user resamples. ECE
+    and AUC are not means of per-event values, so each resample recomputes both systems' metric; their shared
+    resample noise cancels in the difference, which is what makes a small gap testable."""
+    fn, _ = PAIRED_CALIBRATION[metric]
+    kw = {"bins": ctx.cfg.ece_bins} if metric == "ece" else {}
+    point = float(fn(pa, ctx.labels, **kw)) - float(fn(pb, ctx.labels, **kw))
+    if ctx.boot is None:
+        return M.interval(point, [])
+    return M.interval(point, fn(pa, ctx.labels, weights=ctx.boot, **kw) - fn(pb, ctx.labels, weights=ctx.boot, **kw))

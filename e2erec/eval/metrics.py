@@ -243,10 +243,10 @@ def mean_with_ci(values: np.ndarray, weights: np.ndarray | None, level: float = 
     if weights is None or weights.shape[0] == 0 or len(values) == 0:
         return {"value": point, "lo": float("nan"), "hi": float("nan")}
     samples = (weights @ values) / np.maximum(weights.sum(axis=1), 1e-12)
-    return _interval(point, samples, level)
+    return interval(point, samples, level)
 
 
-def _interval(point: float, samples: np.ndarray, level: float = 0.95) -> dict[str, float]:
+def interval(point: float, samples: np.ndarray, level: float = 0.95) -> dict[str, float]:
     samples = np.asarray(samples, dtype=np.float64)
     samples = samples[np.isfinite(samples)]
     if len(samples) == 0:
@@ -265,11 +265,11 @@ def calibration_metrics(
     out: dict[str, dict[str, float] | int] = {}
     for name, fn in (("auc", auc), ("logloss", log_loss), ("ne", normalized_entropy), ("calibration_ratio", calibration_ratio)):
         point = float(fn(p, y))
-        out[name] = _interval(point, fn(p, y, boot)) if boot is not None else _interval(point, [])
+        out[name] = interval(point, fn(p, y, boot)) if boot is not None else interval(point, [])
     point = float(ece(p, y, bins))
-    out["ece"] = _interval(point, ece(p, y, bins, boot)) if boot is not None else _interval(point, [])
+    out["ece"] = interval(point, ece(p, y, bins, boot)) if boot is not None else interval(point, [])
     value, skipped = gauc(p, y, users)
-    out["gauc"] = _interval(value, _gauc_bootstrap(p, y, users, boot) if boot is not None else [])
+    out["gauc"] = interval(value, _gauc_bootstrap(p, y, users, boot) if boot is not None else [])
     out["gauc_users_skipped"] = skipped
     out["gauc_users_used"] = int(len(np.unique(users)) - skipped)
     return out

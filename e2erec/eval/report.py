@@ -17,7 +17,14 @@ from tqdm.auto import tqdm
 
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.config import EvalConfig
-from e2erec.eval.evaluate import HEADLINE, Context, evaluate_system, paired_difference
+from e2erec.eval.evaluate import (
+    HEADLINE,
+    PAIRED_CALIBRATION,
+    Context,
+    evaluate_system,
+    paired_calibration_difference,
+    paired_difference,
+)
 from e2erec.eval.protocol import Recommender
 from e2erec.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -45,6 +52,7 @@ def evaluate_systems(
     comparisons = _comparisons(results, ctx)
     for r in results:
         r.pop("_per_event")
+        r.pop("_proba")
     report = {"dataset": inter.meta.get("name", ""), "setup": ctx.summary(), "systems": results,
               "comparisons": comparisons, "ks": list(cfg.ks), "ece_bins": cfg.ece_bins}
     plots = {
@@ -64,26 +72,35 @@ def evaluate_systems(
 
 
 def _comparisons(results: list[dict], ctx: Context) -> list[dict]:
-    """Every system against every other on the headline metrics: paired bootstrap difference and verdict."""
+    """Every system against every other, paired (same targets, same user resamples): the headline ranking metrics,
+    and the calibration metrics of every two systems that both predict probabilities."""
     out = []
     for a in results:
         for b in results:
             if a is b:
                 continue
             for key in COMPARE_KEYS:
-                if key not in a["_per_event"]:
-                    continue
-                d = paired_difference(a["_per_event"][key], b["_per_event"][key], ctx.boot)
-                if math.isnan(d["lo"]):
-                    verdict = "no interval (bootstrap off)"
-                elif d["lo"] > 0:
-                    verdict = "better"
-                elif d["hi"] < 0:
-                    verdict = "worse"
-                else:
-                    verdict = "not significantly different"
-                out.append({"system": a["name"], "vs": b["name"], "metric": key, "difference": d, "verdict": verdict})
+                if key in a["_per_event"]:
+                    d = paired_difference(a["_per_event"][key], b["_per_event"][key], ctx.boot)
+                    out.append(_verdict(a, b, key, d, higher_is_better=True))
+            if a["_proba"] is None or b["_proba"] is None:
+                continue
+            for key, (_, higher) in PAIRED_CALIBRATION.items():
+                d = paired_calibration_difference(a["_proba"], b["_proba"], ctx, key)
+                out.append(_verdict(a, b, key, d, higher_is_better=higher))
     return out
+
+
+def _verdict(a: dict, b: dict, metric: str, d: dict, higher_is_better: bool) -> dict:
+    if math.isnan(d["lo"]):
+        verdict = "no interval (bootstrap off)"
+    elif (d["lo"] > 0) if higher_is_better else (d["hi"] < 0):
+        verdict = "better"
+    elif (d["hi"] < 0) if higher_is_better else (d["lo"] > 0):
+        verdict = "worse"
+    else:
+        verdict = "not significantly different"
+    return {"system": a["name"], "vs": b["name"], "metric": metric, "difference": d, "verdict": verdict}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,8 +182,11 @@ def render_markdown(report: dict) -> str:
     lines += ["", f"({HEADLINE} per bucket.)", "", "## Paired comparisons", "",
               "Difference = row system − other system over the same targets and the same user resamples.", ""]
     rows = [[c["system"], c["vs"], c["metric"], _fmt(c["difference"]), c["verdict"]]
-            for c in report["comparisons"] if c["metric"] == HEADLINE]
+            for c in report["comparisons"] if c["metric"] in (HEADLINE, *PAIRED_CALIBRATION)]
     lines += _table(["system", "vs", "metric", "difference", "verdict"], rows)
+    if any(c["metric"] in PAIRED_CALIBRATION for c in report["comparisons"]):
+        lines += ["", ("Calibration rows: the metric is recomputed for both systems on each resample. Lower is better "
+                       "for logloss and ece, so a negative difference there is the row system's advantage.")]
     lines += ["", "## Training (validation score per epoch; test numbers use the best epoch)", ""]
     for r in systems:
         for stage, log in _stage_logs(r["fit_log"]):
@@ -177,6 +197,11 @@ def render_markdown(report: dict) -> str:
                     per_epoch += f", {np.mean(log['epoch_cpu_seconds']):.1f} s CPU)" if log.get("epoch_cpu_seconds") else ")"
                 lines.append(f"- {r['name']}{stage}: {log['metric']} best at epoch {log['best_epoch']} of "
                              f"{len(log['valid'])}{per_epoch}: " + ", ".join(f"{v:.4f}" for v in log["valid"]))
+            elif "selected_step" in log:
+                how = (f"the best validation {log['metric']} (train.select=best)" if log["select"] == "best"
+                       else "the last step (train.select=last)")
+                lines.append(f"- {r['name']}: weights of step {log['selected_step']} of {log['trained_steps']}, "
+                             f"{how}")
             elif "alpha" in log:
                 lines.append(f"- {r['name']}{stage}: channel weight a={log['alpha']}, tau={log['tau']} chosen on "
                              f"validation {log['metric']}")
@@ -202,22 +227,23 @@ def _summary(report: dict) -> list[str]:
         v, name = min(calibrated)
         lines.append(f"- Lowest ECE: **{name}** ({v:.4f}); systems without a calibrated head: "
                      + (", ".join(r["name"] for r in systems if not r["calibration"]) or "none") + ".")
-    for r in systems:
-        verdicts = {c["vs"]: c["verdict"] for c in report["comparisons"]
-                    if c["system"] == r["name"] and c["metric"] == HEADLINE}
-        if not verdicts:
-            continue
-        groups = {v: [k for k, x in verdicts.items() if x == v] for v in set(verdicts.values())}
-        parts = [f"{verdict} than {', '.join(names)}" if verdict in ("better", "worse") else f"{verdict} from "
-                 f"{', '.join(names)}" for verdict, names in sorted(groups.items())]
-        lines.append(f"- {r['name']} on {HEADLINE} (paired bootstrap, 95%): " + "; ".join(parts) + ".")
+    for metric in (HEADLINE, "ece"):
+        for r in systems:
+            verdicts = {c["vs"]: c["verdict"] for c in report["comparisons"]
+                        if c["system"] == r["name"] and c["metric"] == metric}
+            if not verdicts:
+                continue
+            groups = {v: [k for k, x in verdicts.items() if x == v] for v in set(verdicts.values())}
+            parts = [f"{verdict} than {', '.join(names)}" if verdict in ("better", "worse") else f"{verdict} from "
+                     f"{', '.join(names)}" for verdict, names in sorted(groups.items())]
+            lines.append(f"- {r['name']} on {metric} (paired bootstrap, 95%): " + "; ".join(parts) + ".")
     return lines
 
 
 def _stage_logs(fit_log: dict | None) -> list[tuple[str, dict]]:
     if not fit_log:
         return []
-    if "valid" in fit_log and "metric" in fit_log and "best_epoch" in fit_log:
+    if ("valid" in fit_log and "metric" in fit_log and "best_epoch" in fit_log) or "selected_step" in fit_log:
         return [("", fit_log)]
     return [(f" ({stage})", log) for stage, log in fit_log.items() if isinstance(log, dict)]
 

@@ -56,7 +56,11 @@ class GenerativeSystem:
             cfg = dataclasses.replace(cfg, eval=eval_cfg)
         inter = inter if inter is not None else load_dataset(cfg.data)
         meta = export_meta(export_dir)
-        return cls(model, SemanticIDs.load(meta["semantic_ids"]["path"], inter), cfg, **kwargs), inter
+        system = cls(model, SemanticIDs.load(meta["semantic_ids"]["path"], inter), cfg, **kwargs)
+        # Which weights these are, for the report's training section (the baselines report their best epoch).
+        system.fit_log = {"selected_step": meta["step"], "trained_steps": meta.get("trained_steps", meta["step"]),
+                          "select": cfg.train.select, "metric": cfg.train.select_metric}
+        return system, inter
 
     @classmethod
     def both_orders(cls, export_dir: str | Path, inter: Interactions | None = None,
@@ -64,7 +68,9 @@ class GenerativeSystem:
         """The export in beam order and in calibration order (what reports show side by side), sharing one loaded
         model and semantic-ID artifact. Returns ([beam, calibrated], dataset)."""
         beam, inter = cls.from_export(export_dir, inter, eval_cfg, rank_by="beam")
-        return [beam, cls(beam.model, beam.sids, beam.cfg, rank_by="calibration")], inter
+        calibrated = cls(beam.model, beam.sids, beam.cfg, rank_by="calibration")
+        calibrated.fit_log = beam.fit_log
+        return [beam, calibrated], inter
 
     def fit(self, inter: Interactions, split: Split, cfg) -> None:
         """Nothing to do: the model is trained by `e2erec train` (DeepSpeed), not inside the evaluation."""

@@ -2,7 +2,8 @@
 
     cfg -> task (data, semantic IDs, model factory) -> deepspeed.initialize(model, torch AdamW, warmup+cosine)
         -> [resume] -> loop: grad_accum micro-batches -> agree across ranks (bad step? stop?) -> step
-                              -> log / eval / checkpoint -> stop: checkpoint, export, final.json
+                              -> log / eval (-> best weights) / checkpoint
+        -> stop: checkpoint; the last or the best weights -> final eval, Platt fit, export, final.json
 
 The model knows nothing about DeepSpeed; the engine wraps it. Every rank runs the same number of forward passes
 (the data sampler gives each rank the same number of batches, evaluation pads ranks to the same count), which
@@ -31,6 +32,7 @@ from e2erec.config import RunConfig, save_resolved, to_dict
 from e2erec.errors import E2ERecError
 from e2erec.train import checkpoint as C
 from e2erec.train import distributed as D
+from e2erec.train.config import SELECT_METRICS
 from e2erec.train.ds_config import deepspeed_config, resolve_precision
 from e2erec.train.observe import RunLogger, memory_stats, peak_tflops
 from e2erec.train.optim import build_optimizer, build_scheduler
@@ -114,6 +116,8 @@ class Trainer:
         self._agreed_stop = False  # some rank had been signalled at the last step's all-reduce
         self._batches: Iterator | None = None
         self.last_eval: dict[str, Any] = {}
+        self.last_eval_step = -1
+        self.best: dict[str, Any] | None = None  # {"step", "value"} of the weights in <run_dir>/best (select=best)
         self.calibration: dict[str, Any] | None = None  # the post-hoc Platt scaling fitted when training ends
 
     # ------------------------------------------------------------------------------------------ bookkeeping
@@ -136,6 +140,7 @@ class Trainer:
             "bad_steps": self.bad_steps,
             "elapsed_s": self.elapsed_prev + time.time() - self._t0,
             "n_seqs": self.n_seqs,
+            "best": self.best,
         }
 
     def resume(self) -> Path | None:
@@ -148,8 +153,23 @@ class Trainer:
         self.epoch = self.sampler.epoch
         self.bad_steps, self.elapsed_prev = state["bad_steps"], state["elapsed_s"]
         self.n_seqs = state["n_seqs"]
+        self.best = self._check_best(state.get("best"))
         self._last_saved = self.step
         return path
+
+    def _check_best(self, best: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The checkpoint's record of the best weights, if <run_dir>/best still holds them. A run killed after a new
+        best was written but before the next checkpoint leaves weights from past the resumed step: the record is
+        then dropped and the resumed run finds its best again from the evaluations still to come."""
+        if best is None:
+            return None
+        from e2erec.train.export import export_meta
+
+        try:
+            on_disk = export_meta(self.run_dir / "best").get("step")
+        except E2ERecError:
+            on_disk = None
+        return best if on_disk == best["step"] else None
 
     def _next_indices(self):
         """The next batch of this rank's sampler, continuing across epochs. The sampler's (epoch, position) is part
@@ -251,11 +271,16 @@ class Trainer:
         if self.tcfg.zero_stage != 3:
             return self.engine.module
         if getattr(self, "_eval_model", None) is None:
-            cuda = [self.info.device] if self.info.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):  # its (overwritten) init must not shift the training RNG
-                self._eval_model = self.task.build_model().to(self.info.device)
+            self._eval_model = self._fresh_model()
         self._eval_model.load_state_dict(self.full_state_dict())
         return self._eval_model
+
+    def _fresh_model(self) -> torch.nn.Module:
+        """A new module on this rank's device, to load weights into; its (overwritten) random init must not shift
+        the training RNG."""
+        cuda = [self.info.device] if self.info.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            return self.task.build_model().to(self.info.device)
 
     def evaluate(self, max_targets: int, model: torch.nn.Module | None = None) -> dict[str, Any]:
         """Validation loss and retrieval metrics over (a prefix of) the validation targets, summed over ranks.
@@ -270,6 +295,39 @@ class Trainer:
         totals = D.all_sum([sums[k] for k in keys], self.info.device)
         return self.task.summarize_eval(dict(zip(keys, totals)))
 
+    def periodic_eval(self, log: RunLogger) -> None:
+        """The every-`eval_every` validation; under select=best a better score writes <run_dir>/best (collective)."""
+        self.last_eval, self.last_eval_step = self.evaluate(self.tcfg.eval_max_targets), self.step
+        log.log(self.step, _flatten_eval(self.last_eval), kind="eval")
+        if self.tcfg.select != "best":
+            return
+        name = self.tcfg.select_metric
+        value = self.last_eval.get(name, self.last_eval.get("metrics", {}).get(name))
+        if value is None or not math.isfinite(value):
+            return
+        if self.best is not None:
+            better = value > self.best["value"] if SELECT_METRICS[name] else value < self.best["value"]
+            if not better:
+                return
+        from e2erec.train.export import export_model
+
+        export_model(self, self.run_dir / "best", self.full_state_dict(), self.step)
+        self.best = {"step": self.step, "value": float(value)}
+        log.event(self.step, f"best {name} so far: {value:.4f}; weights in {self.run_dir / 'best'}", best=self.best)
+
+    def selected_model(self, log: RunLogger) -> torch.nn.Module:
+        """The weights the run ends with: the last, or under select=best those of the best periodic evaluation (the
+        last step is one of them: it is evaluated now if it was not). Collective under ZeRO-3: call on every rank."""
+        if self.tcfg.select == "best" and self.tcfg.eval_every > 0 and self.last_eval_step != self.step:
+            self.periodic_eval(log)
+        if self.tcfg.select != "best" or self.best is None or self.best["step"] == self.step:
+            return self._inference_model()
+        from e2erec.train.export import load_weights
+
+        log.event(self.step, f"ending with the weights of step {self.best['step']} (best "
+                  f"{self.tcfg.select_metric} {self.best['value']:.4f})", selected_step=self.best["step"])
+        return load_weights(self.run_dir / "best", self._fresh_model())
+
     def calibrate(self, model: torch.nn.Module | None = None) -> dict[str, Any] | None:
         """Fit the task's post-hoc calibration on validation data and install it in the trained module (before the
         last checkpoint and the export, which therefore carry it)."""
@@ -279,7 +337,7 @@ class Trainer:
         with torch.no_grad():
             fitted = self.task.fit_calibration(model, self.info.device)
         model.train(was_training)
-        if fitted and model is not self.engine.module:
+        if fitted and model is getattr(self, "_eval_model", None):  # the ZeRO-3 copy: the checkpoint carries it too
             self.engine.module.set_calibration(fitted["scale"], fitted["shift"])
         return fitted
 
@@ -347,12 +405,12 @@ class Trainer:
                     log.log(self.step, scalars)
                     window_t, window_tokens = time.time(), 0
                 if t.eval_every > 0 and self.step % t.eval_every == 0:
-                    self.last_eval = self.evaluate(t.eval_max_targets)
-                    log.log(self.step, _flatten_eval(self.last_eval), kind="eval")
+                    self.periodic_eval(log)
                 if t.ckpt_every > 0 and self.step % t.ckpt_every == 0:
                     self.save()
-            # The final evaluation and the calibration fit read the same (under ZeRO-3: gathered once) weights.
-            done = self._inference_model() if status == "completed" else None
+            # The final evaluation, the calibration fit and the export read the same (under ZeRO-3: gathered
+            # once) weights.
+            done = self.selected_model(log) if status == "completed" else None
             final_eval = self.evaluate(t.final_eval_max_targets, done) if done is not None else self.last_eval
             if final_eval:
                 log.log(self.step, _flatten_eval(final_eval), kind="eval")
@@ -368,7 +426,7 @@ class Trainer:
             if status == "completed" and t.export:
                 from e2erec.train.export import export_model
 
-                export_model(self, self.run_dir / "export")
+                export_model(self, self.run_dir / "export", done.state_dict(), self._selected_step())
             self._write_final(status, final_eval)
             return EXIT_PREEMPTED if status == "preempted" else 0
         except BaseException as e:
@@ -376,6 +434,9 @@ class Trainer:
             raise
         finally:
             log.close()
+
+    def _selected_step(self) -> int:
+        return self.best["step"] if self.tcfg.select == "best" and self.best is not None else self.step
 
     def _write_final(self, status: str, ev: dict[str, Any], error: str | None = None) -> None:
         """`<run_dir>/final.json`, read by the scaling-law sweep. FLOPs: the model's `flops_per_token` (training
@@ -398,6 +459,7 @@ class Trainer:
             "flops_formula": "flops_per_token(mean_seq_len) * tokens",
             "mean_seq_len": seq_len,
             "steps": self.step,
+            "selected_step": self._selected_step(),  # whose weights eval_loss, metrics and the export are
             "bad_steps": self.bad_steps,
             "eval_loss": ev.get("eval_loss"),
             "metrics": ev.get("metrics", {}),

@@ -3,9 +3,13 @@
     <run_dir>/export/
         model.safetensors   full (un-sharded) weights, fp32
         config.yaml         the resolved run config
-        meta.json           codebook sizes, the semantic-ID artifact reference (path + digest), step, tokens
+        meta.json           codebook sizes, the semantic-ID artifact reference (path + digest), the step whose
+                            weights these are, the steps trained, tokens
 
     model, cfg = load_exported("runs/default/export")
+
+Under `train.select=best` the engine also writes each new best-validation state to `<run_dir>/best` in this format
+(without the Platt scaling, which is fitted once training ends), and ends the run with those weights.
 """
 
 from __future__ import annotations
@@ -28,22 +32,23 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 
 
-def export_model(trainer: Trainer, out_dir: Path) -> Path | None:
-    """Write the export from a live engine. Collective under ZeRO-3 (parameters are gathered): call on every rank."""
+def export_model(trainer: Trainer, out_dir: Path, state: dict[str, torch.Tensor], step: int) -> Path | None:
+    """Write `state` (full, un-sharded weights, identical on every rank) as the export of `step`. Every rank calls
+    it; the main rank writes, atomically, so a reader never sees half an export."""
     from safetensors.torch import save_file
 
     from e2erec.config import save_resolved
 
-    # clone(): tied or aliased tensors become separate entries, which safetensors requires.
-    state = {k: v.detach().to("cpu", torch.float32).clone().contiguous()
-             for k, v in trainer.full_state_dict().items()}
     if trainer.info.is_main:
+        # clone(): tied or aliased tensors become separate entries, which safetensors requires.
+        state = {k: v.detach().to("cpu", torch.float32).clone().contiguous() for k, v in state.items()}
         meta = {
             "format": FORMAT_VERSION,
             "codebook_sizes": list(trainer.task.codebook_sizes),
             "semantic_ids": trainer.task.artifact_ref(),
             "data_fingerprint": trainer.task.data_fingerprint,
-            "step": trainer.step,
+            "step": step,
+            "trained_steps": trainer.step,
             "tokens": trainer.tokens,
             "params": trainer.n_params,
         }
@@ -65,8 +70,6 @@ def export_meta(path: str | Path) -> dict[str, Any]:
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, RunConfig]:
     """(model in eval mode, run config) from an export folder; reads safetensors only (no pickle, no DeepSpeed)."""
-    from safetensors.torch import load_file
-
     from e2erec.config import RunConfig, from_dict
     from e2erec.model import GenerativeRecommender
 
@@ -75,14 +78,23 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     if meta.get("format") != FORMAT_VERSION:
         raise ArtifactMismatchError(f"{path}/meta.json: export format {meta.get('format')}, expected {FORMAT_VERSION}")
     cfg = from_dict(RunConfig, yaml.safe_load((path / "config.yaml").read_text()), source=str(path / "config.yaml"))
-    model = GenerativeRecommender(cfg.model, meta["codebook_sizes"])
-    state = load_file(str(path / "model.safetensors"), device=str(device))
+    model = GenerativeRecommender(cfg.model, meta["codebook_sizes"]).to(device)
+    return load_weights(path, model).eval(), cfg
+
+
+def load_weights(path: str | Path, model: torch.nn.Module) -> torch.nn.Module:
+    """Load an export's weights into `model`, which must have the export's shape; returns `model`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    state = load_file(str(path / "model.safetensors"), device=str(next(model.parameters()).device))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Exports written before post-hoc Platt scaling existed lack its two buffers: they keep the identity.
     missing = [k for k in missing if k not in ("calib_scale", "calib_shift")]
     if missing or unexpected:
+        name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
         raise ArtifactMismatchError(
-            f"{path}/model.safetensors does not fit model config {cfg.model.name!r}: "
+            f"{path}/model.safetensors does not fit model config {name!r}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    return model.to(device).eval(), cfg
+    return model

@@ -71,6 +71,18 @@ def training_units(offsets: np.ndarray, train_end: np.ndarray, max_len: int,
     return users, ends.astype(np.int64), is_calib, tokens.astype(np.int64)
 
 
+def calibration_ends(first: np.ndarray, ends: np.ndarray, is_calib: np.ndarray, recent_share: float,
+                     generator: torch.Generator) -> np.ndarray:
+    """Where this batch's calibration sequences end: at their unit's end (the user's last training event) with
+    probability `recent_share`, else after a uniformly drawn event in `first + 2 .. end` (a history of at least 2
+    events leaves one history event and one target). Never past the unit's end, so a sequence is never longer than
+    the token count the sampler packed it by."""
+    u = torch.rand(2, len(ends), generator=generator).numpy()
+    span = np.maximum(ends - first - 1, 1)  # candidate ends first+2 .. end
+    earlier = np.minimum(first + 2 + (u[1] * span).astype(np.int64), ends)
+    return np.where(is_calib & (u[0] >= recent_share), earlier, ends).astype(np.int64)
+
+
 class RecTask:
     """Data, semantic IDs and model factory for one run; `e2erec.train.engine.TrainTask` is the contract."""
 
@@ -145,9 +157,13 @@ class RecTask:
 
     def train_batch(self, indices, generator: torch.Generator):
         idx = np.asarray(indices, dtype=np.int64)
-        calib = torch.from_numpy(self.unit_calib[idx])
+        users, ends, is_calib = self.unit_user[idx], self.unit_end[idx], self.unit_calib[idx]
+        if self.cfg.train.calib_recent_share < 1.0 and is_calib.any():
+            ends = calibration_ends(np.asarray(self.inter.offsets)[users], ends, is_calib,
+                                    self.cfg.train.calib_recent_share, generator)
+        calib = torch.from_numpy(is_calib)
         bound = torch.where(calib, self.cfg.train.num_candidates, 0)
-        return self._model_batch(self.unit_user[idx], self.unit_end[idx], bound, generator, generative=~calib)
+        return self._model_batch(users, ends, bound, generator, generative=~calib)
 
     # ------------------------------------------------------------------------------------------ validation
 

@@ -30,6 +30,16 @@ class PlantedOracle:
         return np.asarray(inter.planted["prob"])[targets].astype(np.float64)
 
 
+class Overconfident(PlantedOracle):
+    """The oracle's ranking with its probabilities pushed away from 0.5: the same order, worse calibration."""
+
+    name = "overconfident"
+
+    def predict_proba(self, inter, targets, items):
+        p = np.clip(super().predict_proba(inter, targets, items), 1e-6, 1 - 1e-6)
+        return 1.0 / (1.0 + np.exp(-3.0 * np.log(p / (1 - p))))
+
+
 CFG = EvalConfig(bootstrap=50, top_k=50)
 
 
@@ -38,18 +48,19 @@ def report(synthetic_small, synthetic_small_split, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     pop = build_baseline("popularity")
     pop.fit(synthetic_small, synthetic_small_split, CFG)
-    return out, evaluate_systems([pop, PlantedOracle()], synthetic_small, synthetic_small_split, CFG, out,
-                                 progress=False)
+    return out, evaluate_systems([pop, PlantedOracle(), Overconfident()], synthetic_small, synthetic_small_split,
+                                 CFG, out, progress=False)
 
 
 def test_report_files_exist_and_name_every_system(report):
     out, rep = report
     md = (out / "report.md").read_text()
     js = json.loads((out / "report.json").read_text())
-    for name in ("popularity", "planted_oracle"):
+    for name in ("popularity", "planted_oracle", "overconfident"):
         assert f"| {name} |" in md
-    assert "- planted_oracle on ndcg@10 (paired bootstrap, 95%): better than popularity." in md
-    assert [s["name"] for s in js["systems"]] == ["popularity", "planted_oracle"]
+    assert "- planted_oracle on ndcg@10 (paired bootstrap, 95%): better than popularity" in md
+    assert "- planted_oracle on ece (paired bootstrap, 95%): better than overconfident." in md
+    assert [s["name"] for s in js["systems"]] == ["popularity", "planted_oracle", "overconfident"]
     for png in ("metrics.png", "reliability.png", "history_length.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in md
@@ -59,7 +70,7 @@ def test_report_files_exist_and_name_every_system(report):
 
 def test_report_numbers_are_consistent(report, synthetic_small_split):
     _, rep = report
-    pop, oracle = rep["systems"]
+    pop, oracle, overconfident = rep["systems"]
     assert rep["setup"]["n_test_targets"] == len(synthetic_small_split.test)
     for system in (pop, oracle):
         o = system["overall"]
@@ -77,6 +88,25 @@ def test_report_numbers_are_consistent(report, synthetic_small_split):
     assert cal["gauc_users_used"] == 0 and cal["gauc_users_skipped"] == rep["setup"]["n_test_users"]  # one event each
     verdicts = {(c["system"], c["vs"], c["metric"]): c["verdict"] for c in rep["comparisons"]}
     assert verdicts[("planted_oracle", "popularity", "ndcg@10")] == "better"
+
+
+def test_calibration_is_compared_paired(report):
+    """Systems with probabilities are compared on AUC, LogLoss and ECE over the same resamples: the over-confident
+    copy of the oracle has the same order (AUC difference exactly 0, on every resample) and is worse calibrated."""
+    _, rep = report
+    _, oracle, overconfident = rep["systems"]
+    diffs = {(c["system"], c["vs"], c["metric"]): c for c in rep["comparisons"]}
+    assert not any("popularity" in (c["system"], c["vs"]) and c["metric"] in ("auc", "ece", "logloss")
+                   for c in rep["comparisons"])  # popularity predicts no probabilities
+    auc = diffs[("planted_oracle", "overconfident", "auc")]
+    assert auc["difference"] == {"value": 0.0, "lo": 0.0, "hi": 0.0}
+    assert auc["verdict"] == "not significantly different"
+    for metric in ("ece", "logloss"):
+        d = diffs[("planted_oracle", "overconfident", metric)]
+        point = oracle["calibration"][metric]["value"] - overconfident["calibration"][metric]["value"]
+        assert d["difference"]["value"] == pytest.approx(point)
+        assert d["difference"]["hi"] < 0 and d["verdict"] == "better"
+        assert diffs[("overconfident", "planted_oracle", metric)]["verdict"] == "worse"
 
 
 @pytest.mark.slow

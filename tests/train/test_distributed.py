@@ -98,15 +98,19 @@ def test_zero3_srun_preempt_and_resume_matches(sids_dir, tmp_path):
     # Parameters under 128 elements (norm gains, the 1-element output bias) stay replicated; the rest is sharded.
     zero3 = ["train.zero_stage=3", "train.zero3_persistence_threshold=128", "train.max_steps=8"]
     c, d = tmp_path / "c", tmp_path / "d"
-    procs = srun_style(overrides(c, sids_dir, *zero3, "train.export=true"))
+    # select=best: the periodic evaluations gather the partitions to score them and to write <run_dir>/best.
+    best = ["train.select=best", "train.eval_every=4", "train.eval_max_targets=32"]
+    procs = srun_style(overrides(c, sids_dir, *zero3, *best, "train.export=true"))
     assert wait_all(procs) == [0, 0], procs[0].output[-4000:]
     ref = train_losses(c)
     assert sorted(ref) == list(range(1, 9)) and final(c)["zero_stage"] == 3
     # The export gathered the ZeRO-3 partitions: full shapes, loadable without DeepSpeed.
-    from e2erec.train.export import load_exported
+    from e2erec.train.export import export_meta, load_exported
 
     model, _ = load_exported(c / "export")
     assert model.num_params() == final(c)["params"]
+    assert final(c)["selected_step"] in (4, 8) and export_meta(c / "export")["step"] == final(c)["selected_step"]
+    assert export_meta(c / "best")["step"] == final(c)["selected_step"]
 
     # Resume from step 3 (as after a kill -9 at any later step), then preempt: SIGTERM reaches rank 1 only; both
     # ranks agree at the next step boundary, checkpoint, and exit 85.

@@ -156,3 +156,47 @@ def test_accumulation_checkpointing_and_budgets(dist_info, sids_dir, tmp_path):
     assert tr.run() == 0
     f = json.loads((run_dir / "final.json").read_text())
     assert f["status"] == "completed" and 1 <= f["steps"] < 100000
+
+
+def test_select_best_ends_with_the_best_evaluated_weights(dist_info, sids_dir, tmp_path):
+    """train.select=best: the final evaluation, the Platt fit and the export use the weights of the best periodic
+    evaluation, not the last step's. The validation scores are scripted (3.0, 1.0, 2.0 at steps 2, 4, 6) so that
+    the best is known to lie before the end; the weights are the real ones."""
+    run_dir = tmp_path / "best"
+    tr = make_trainer(dist_info, run_dir, sids_dir, "train.select=best", "train.eval_every=2",
+                      "train.eval_max_targets=64", "train.calibration_targets=128")
+    scripted, weights_at = [3.0, 1.0, 2.0], {}
+    summarize = tr.task.summarize_eval
+
+    def summarize_scripted(sums):
+        out = summarize(sums)
+        if scripted:
+            weights_at[tr.step] = {k: v.detach().clone() for k, v in tr.engine.module.state_dict().items()}
+            out["eval_loss"] = scripted.pop(0)
+        return out
+
+    tr.task.summarize_eval = summarize_scripted
+    assert tr.run() == 0
+    assert sorted(weights_at) == [2, 4, 6]
+
+    from e2erec.train.export import export_meta, load_exported
+
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["steps"] == 6 and final["selected_step"] == 4
+    assert export_meta(run_dir / "export")["step"] == 4 and export_meta(run_dir / "export")["trained_steps"] == 6
+    model, _ = load_exported(run_dir / "export")
+    got = model.state_dict()
+    platt = {"calib_scale", "calib_shift"}
+    assert all(torch.equal(got[k], v) for k, v in weights_at[4].items() if k not in platt)
+    assert not all(torch.equal(got[k], v) for k, v in weights_at[6].items() if k not in platt)
+    # The Platt scaling was fitted on, and installed in, the selected weights.
+    assert (float(model.calib_scale), float(model.calib_shift)) == pytest.approx(
+        (final["calibration"]["scale"], final["calibration"]["shift"]))
+    events = [json.loads(line).get("event", "") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(e.startswith("best eval_loss so far") for e in events) == 2  # steps 2 and 4
+    assert any("ending with the weights of step 4" in e for e in events)
+
+    # A checkpoint's record of the best survives a resume only while <run_dir>/best still holds those weights.
+    assert tr._check_best({"step": 4, "value": 1.0}) == {"step": 4, "value": 1.0}
+    assert tr._check_best({"step": 2, "value": 3.0}) is None
+

@@ -50,10 +50,12 @@ def test_warmup_cosine_schedule():
     ("train.zero_stage=4", "train.zero_stage: 4 is not one of 0 | 1 | 2 | 3"),
     ("train.max_steps=0", "stopping rule"),
     ("train.zero_stag=2", "did you mean 'zero_stage'"),
+    ("train.select_metric=ndcg", "select_metric must be one of"),
+    ("train.calib_recent_share=1.5", "calib_recent_share must be in"),
 ])
 def test_bad_train_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message) as e:
-        load_run_config(None, [override])
+        load_run_config(None, override.split())
     assert "command line" in str(e.value) or "train" in str(e.value)
 
 
@@ -107,3 +109,23 @@ def test_training_units_cover_every_training_event_once():
     assert users[calib].tolist() == [0, 3] and ends[calib].tolist() == [7, 15] and tokens[calib].tolist() == [4, 4]
     users, _, calib, _ = training_units(offsets, train_end, max_len=3, calibration=False)
     assert not calib.any() and len(users) == 4
+
+
+def test_calibration_ends_stay_inside_the_unit():
+    """Calibration sequences end at the unit's end (share 1) or at a drawn earlier event that leaves >= 2 events
+    (share 0), never past the unit's end; generative units are never moved; every allowed end gets drawn."""
+    import torch
+
+    from e2erec.train.task import calibration_ends
+
+    first = np.array([0, 10, 10, 40])
+    ends = np.array([8, 30, 20, 42])
+    is_calib = np.array([True, True, False, True])
+    gen = torch.Generator().manual_seed(0)
+    assert (calibration_ends(first, ends, is_calib, 1.0, gen) == ends).all()
+    drawn = np.stack([calibration_ends(first, ends, is_calib, 0.0, gen) for _ in range(2000)])
+    assert (drawn[:, 2] == 20).all()  # not a calibration unit
+    for col in (0, 1, 3):
+        assert set(drawn[:, col]) == set(range(first[col] + 2, ends[col] + 1))
+    half = np.stack([calibration_ends(first, ends, is_calib, 0.5, gen) for _ in range(2000)])
+    assert 0.45 < (half[:, 1] == 30).mean() < 0.6  # 0.5 recent + 0.5 / 19 drawn at the end itself
