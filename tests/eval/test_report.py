@@ -70,7 +70,7 @@ def test_report_files_exist_and_name_every_system(report):
 
 def test_report_numbers_are_consistent(report, synthetic_small_split):
     _, rep = report
-    pop, oracle, overconfident = rep["systems"]
+    pop, oracle, _ = rep["systems"]
     assert rep["setup"]["n_test_targets"] == len(synthetic_small_split.test)
     for system in (pop, oracle):
         o = system["overall"]
