@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
         system.fit(inter, split, cfg)
         print(f"fitted {system.name} in {time.perf_counter() - t0:.1f}s")
     generative = []
-    if args.export:
-        from e2erec.generate.system import GenerativeSystem
     for export in args.export:
+        from e2erec.generate.system import GenerativeSystem
+
         pair, _ = GenerativeSystem.both_orders(export, inter, cfg.eval)
         for system in pair:
             if len(args.export) > 1:  # tell the models apart by their run folder

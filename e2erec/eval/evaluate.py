@@ -117,12 +117,13 @@ def evaluate_system(system: Recommender, ctx: Context) -> dict:
     t0 = time.perf_counter()
     proba = system.predict_proba(ctx.inter, ctx.targets, ctx.items)
     proba_seconds = time.perf_counter() - t0
-    calibration, reliability = None, None
+    calibration, reliability, samples = None, None, None
     if proba is not None:
         proba = np.asarray(proba, dtype=np.float64).reshape(-1)
         if proba.shape != (len(ctx.targets),) or not np.all((proba >= 0) & (proba <= 1)):
             raise ValueError(f"{system.name}.predict_proba must return [n_targets] probabilities in [0, 1]")
-        calibration = M.calibration_metrics(proba, ctx.labels, ctx.users, cfg.ece_bins, ctx.boot)
+        samples = M.calibration_samples(proba, ctx.labels, cfg.ece_bins, ctx.boot)
+        calibration = M.calibration_metrics(proba, ctx.labels, ctx.users, cfg.ece_bins, ctx.boot, samples)
         reliability = M.reliability(proba, ctx.labels, cfg.ece_bins)
     fit_log = getattr(system, "fit_log", None)
     if fit_log is not None and hasattr(fit_log, "to_dict"):
@@ -137,7 +138,7 @@ def evaluate_system(system: Recommender, ctx: Context) -> dict:
         "fit_log": fit_log,
         "seconds": {"recommend": rec_seconds, "predict_proba": proba_seconds},
         "_per_event": per_event,  # kept in memory for paired comparisons; dropped from the JSON
-        "_proba": proba,  # likewise
+        "_calib_samples": samples,  # likewise
     }
 
 
@@ -146,21 +147,12 @@ def paired_difference(a: np.ndarray, b: np.ndarray, boot: np.ndarray | None) -> 
     return M.mean_with_ci(np.asarray(a) - np.asarray(b), boot)
 
 
-# Calibration metrics compared pairwise: name -> (metric(p, y, weights), higher is better).
-PAIRED_CALIBRATION = {
-    "auc": (M.auc, True),
-    "logloss": (M.log_loss, False),
-    "ece": (M.ece, False),
-}
+# Calibration metrics compared pairwise -> whether higher is better.
+PAIRED_CALIBRATION = {"auc": True, "logloss": False, "ece": False}
 
 
-def paired_calibration_difference(pa: np.ndarray, pb: np.ndarray, ctx: Context, metric: str) -> dict[str, float]:
-    """metric(a) - metric(b) on the same test events, with a bootstrap interval from the same user resamples. ECE
-    and AUC are not means of per-event values, so each resample recomputes both systems' metric; their shared
-    resample noise cancels in the difference, which is what makes a small gap testable."""
-    fn, _ = PAIRED_CALIBRATION[metric]
-    kw = {"bins": ctx.cfg.ece_bins} if metric == "ece" else {}
-    point = float(fn(pa, ctx.labels, **kw)) - float(fn(pb, ctx.labels, **kw))
-    if ctx.boot is None:
-        return M.interval(point, [])
-    return M.interval(point, fn(pa, ctx.labels, weights=ctx.boot, **kw) - fn(pb, ctx.labels, weights=ctx.boot, **kw))
+def paired_calibration_difference(a: tuple[float, np.ndarray], b: tuple[float, np.ndarray]) -> dict[str, float]:
+    """metric(a) - metric(b) from two systems' `calibration_samples` entries, with a bootstrap interval from the
+    same user resamples. ECE and AUC are not means of per-event values, so each resample holds both systems' metric
+    recomputed; their shared resample noise cancels in the difference, which is what makes a small gap testable."""
+    return M.interval(a[0] - b[0], a[1] - b[1])

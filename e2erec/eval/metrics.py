@@ -256,18 +256,30 @@ def interval(point: float, samples: np.ndarray, level: float = 0.95) -> dict[str
     return {"value": point, "lo": float(lo), "hi": float(hi)}
 
 
-def calibration_metrics(
-    p: np.ndarray, y: np.ndarray, users: np.ndarray, bins: int = 15, boot: np.ndarray | None = None
-) -> dict[str, dict[str, float] | int]:
-    """AUC, GAUC, LogLoss, NE, ECE and calibration ratio, each as {value, lo, hi}; `boot` from bootstrap_weights."""
+def calibration_samples(
+    p: np.ndarray, y: np.ndarray, bins: int = 15, boot: np.ndarray | None = None
+) -> dict[str, tuple[float, np.ndarray]]:
+    """(point value, value under each resample in `boot`; empty without it) of AUC, LogLoss, NE, ECE and the
+    calibration ratio. Differences of two systems' samples are paired comparisons (same users in each resample)."""
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    out: dict[str, dict[str, float] | int] = {}
-    for name, fn in (("auc", auc), ("logloss", log_loss), ("ne", normalized_entropy), ("calibration_ratio", calibration_ratio)):
-        point = float(fn(p, y))
-        out[name] = interval(point, fn(p, y, boot)) if boot is not None else interval(point, [])
-    point = float(ece(p, y, bins))
-    out["ece"] = interval(point, ece(p, y, bins, boot)) if boot is not None else interval(point, [])
+    fns = {"auc": auc, "logloss": log_loss, "ne": normalized_entropy, "ece": lambda p, y, w=None: ece(p, y, bins, w),
+           "calibration_ratio": calibration_ratio}
+    return {name: (float(fn(p, y)), np.asarray(fn(p, y, boot)) if boot is not None else np.zeros(0))
+            for name, fn in fns.items()}
+
+
+def calibration_metrics(
+    p: np.ndarray, y: np.ndarray, users: np.ndarray, bins: int = 15, boot: np.ndarray | None = None,
+    samples: dict[str, tuple[float, np.ndarray]] | None = None,
+) -> dict[str, dict[str, float] | int]:
+    """AUC, GAUC, LogLoss, NE, ECE and calibration ratio, each as {value, lo, hi}; `boot` from bootstrap_weights.
+    `samples`: `calibration_samples(p, y, bins, boot)` when the caller already has them."""
+    if samples is None:
+        samples = calibration_samples(p, y, bins, boot)
+    out: dict[str, dict[str, float] | int] = {name: interval(point, s) for name, (point, s) in samples.items()}
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
     value, skipped = gauc(p, y, users)
     out["gauc"] = interval(value, _gauc_bootstrap(p, y, users, boot) if boot is not None else [])
     out["gauc_users_skipped"] = skipped

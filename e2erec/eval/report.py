@@ -52,7 +52,7 @@ def evaluate_systems(
     comparisons = _comparisons(results, ctx)
     for r in results:
         r.pop("_per_event")
-        r.pop("_proba")
+        r.pop("_calib_samples")
     report = {"dataset": inter.meta.get("name", ""), "setup": ctx.summary(), "systems": results,
               "comparisons": comparisons, "ks": list(cfg.ks), "ece_bins": cfg.ece_bins}
     plots = {
@@ -83,10 +83,10 @@ def _comparisons(results: list[dict], ctx: Context) -> list[dict]:
                 if key in a["_per_event"]:
                     d = paired_difference(a["_per_event"][key], b["_per_event"][key], ctx.boot)
                     out.append(_verdict(a, b, key, d, higher_is_better=True))
-            if a["_proba"] is None or b["_proba"] is None:
+            if a["_calib_samples"] is None or b["_calib_samples"] is None:
                 continue
-            for key, (_, higher) in PAIRED_CALIBRATION.items():
-                d = paired_calibration_difference(a["_proba"], b["_proba"], ctx, key)
+            for key, higher in PAIRED_CALIBRATION.items():
+                d = paired_calibration_difference(a["_calib_samples"][key], b["_calib_samples"][key])
                 out.append(_verdict(a, b, key, d, higher_is_better=higher))
     return out
 

@@ -297,7 +297,8 @@ class Trainer:
 
     def periodic_eval(self, log: RunLogger) -> None:
         """The every-`eval_every` validation; under select=best a better score writes <run_dir>/best (collective)."""
-        self.last_eval, self.last_eval_step = self.evaluate(self.tcfg.eval_max_targets), self.step
+        model = self._inference_model()  # under ZeRO-3 gathered once, for the scores and for <run_dir>/best
+        self.last_eval, self.last_eval_step = self.evaluate(self.tcfg.eval_max_targets, model), self.step
         log.log(self.step, _flatten_eval(self.last_eval), kind="eval")
         if self.tcfg.select != "best":
             return
@@ -311,7 +312,7 @@ class Trainer:
                 return
         from e2erec.train.export import export_model
 
-        export_model(self, self.run_dir / "best", self.full_state_dict(), self.step)
+        export_model(self, self.run_dir / "best", model.state_dict(), self.step)
         self.best = {"step": self.step, "value": float(value)}
         log.event(self.step, f"best {name} so far: {value:.4f}; weights in {self.run_dir / 'best'}", best=self.best)
 

@@ -96,6 +96,7 @@ class RecTask:
         self.data_fingerprint = data_fingerprint
         self._artifact = artifact or {}
         offsets = np.asarray(inter.offsets)
+        self.first_event = offsets[:-1]  # row of each user's first event
         self.unit_user, self.unit_end, self.unit_calib, self.lengths = training_units(
             offsets, np.asarray(split.train_end), cfg.data.max_seq_len,
             calibration=cfg.train.num_candidates > 0 and cfg.train.calib_loss_weight > 0,
@@ -159,7 +160,7 @@ class RecTask:
         idx = np.asarray(indices, dtype=np.int64)
         users, ends, is_calib = self.unit_user[idx], self.unit_end[idx], self.unit_calib[idx]
         if self.cfg.train.calib_recent_share < 1.0 and is_calib.any():
-            ends = calibration_ends(np.asarray(self.inter.offsets)[users], ends, is_calib,
+            ends = calibration_ends(self.first_event[users], ends, is_calib,
                                     self.cfg.train.calib_recent_share, generator)
         calib = torch.from_numpy(is_calib)
         bound = torch.where(calib, self.cfg.train.num_candidates, 0)
