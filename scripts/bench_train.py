@@ -125,7 +125,8 @@ def pad_batch(mb: ModelBatch) -> tuple[ModelBatch, torch.Tensor]:
         feedback_id=scatter(mb.feedback_id, 0), label_id=scatter(mb.label_id, 0),
         gap_id=scatter(mb.gap_id, int(mb.gap_id.max())), timestamp=timestamp, num_targets=mb.num_targets,
         gen_index=new_row[mb.gen_index], gen_codes=mb.gen_codes, gen_mask=mb.gen_mask, calib_index=new_row[mb.calib_index],
-        calib_label=mb.calib_label, last_index=new_row[mb.last_index], loss_weights=mb.loss_weights,
+        calib_label=mb.calib_label, calib_item=mb.calib_item, last_index=new_row[mb.last_index],
+        loss_weights=mb.loss_weights,
     )
     return padded, pad
 

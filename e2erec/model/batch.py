@@ -62,6 +62,7 @@ class EventsLike(Protocol):
 
 
 HIDDEN = 0  # feedback / label id of a BOS or target token: never seen by the model
+LABEL_NEGATIVE, LABEL_POSITIVE = 1, 2  # label ids of history events: 1 + label
 
 
 @dataclass
@@ -84,11 +85,15 @@ class ModelBatch:
     gen_codes: torch.Tensor  # int64 [G, L]: that next item's codes
     calib_index: torch.Tensor  # int64 [T]: target tokens
     calib_label: torch.Tensor  # float32 [T] in {0, 1}
+    calib_item: torch.Tensor  # int64 [T]: each target's item id
     last_index: torch.Tensor  # int64 [B]: each sequence's last history token (BOS when the history is empty)
     loss_weights: tuple[float, float] = (1.0, 1.0)  # (generative, calibration)
     # bool [G, sum(K_l)]: the codes the trie allows at each level after the true prefix (`trie_code_mask`); the
     # generative loss normalises over them. None = over the whole codebook.
     gen_mask: torch.Tensor | None = None
+    # The targets are events the model's item statistics count (training batches): the calibration head leaves each
+    # one's own label out of its item's positive rate (`GenerativeRecommender.prior_features`).
+    targets_counted: bool = False
 
     @property
     def n_tokens(self) -> int:
@@ -119,6 +124,7 @@ def build_model_batch(
     candidates: torch.Tensor | None = None,
     trie=None,
     generative: torch.Tensor | None = None,
+    targets_counted: bool = False,
 ) -> ModelBatch:
     """Token batch for training (targets = each sequence's last events) or scoring (targets = given candidates).
 
@@ -133,7 +139,8 @@ def build_model_batch(
     history and ``candidates`` [B, C] (item ids) are targets
     with label 0 (unused). ``max_history`` keeps the most recent history events (the model's max_tokens_per_seq).
     With a ``trie`` (`e2erec.tokenizer.trie.PrefixTrie` of ``codes``), ``gen_mask`` holds each generative target's
-    valid codes per level (`trie_code_mask`).
+    valid codes per level (`trie_code_mask`). ``targets_counted``: the training targets are among the events the
+    model's item feedback statistics were counted over (see `ModelBatch.targets_counted`).
     """
     offsets = _as_tensor(events.offsets, torch.int64).cpu()
     item = _as_tensor(events.item, torch.int64).cpu()
@@ -155,6 +162,8 @@ def build_model_batch(
         candidates = _as_tensor(candidates, torch.int64).cpu()
         if candidates.dim() != 2 or candidates.shape[0] != B:
             raise ValueError(f"candidates must be [B={B}, C], got {tuple(candidates.shape)}")
+        if targets_counted:
+            raise ValueError("targets_counted applies to training targets (events), not to scored candidates")
         k = torch.full((B,), candidates.shape[1], dtype=torch.int64)
         hist_len = lengths
     else:
@@ -199,7 +208,7 @@ def build_model_batch(
     feedback_id = torch.full((N,), HIDDEN, dtype=torch.int64)
     label_id = torch.full((N,), HIDDEN, dtype=torch.int64)
     feedback_id[is_hist] = 1 + fb[ev[is_hist]].round().long().clamp(0, num_feedback - 1)
-    label_id[is_hist] = 1 + (lab[ev[is_hist]] > 0.5).long()
+    label_id[is_hist] = torch.where(lab[ev[is_hist]] > 0.5, LABEL_POSITIVE, LABEL_NEGATIVE)
 
     # Timestamps: history tokens their own; BOS the first history event's; targets the last one's ("now").
     def ts_at(rows: torch.Tensor) -> torch.Tensor:  # timestamps of event rows, 0 where the history is empty
@@ -244,9 +253,11 @@ def build_model_batch(
         gen_codes=gen_codes,
         calib_index=calib_index,
         calib_label=calib_label,
+        calib_item=tok_item[calib_index],
         last_index=tok_offsets[:-1] + hist_len,
         loss_weights=(float(loss_weights[0]), float(loss_weights[1])),
         gen_mask=None if trie is None else trie_code_mask(trie, gen_items),
+        targets_counted=targets_counted,
     )
 
 

@@ -27,6 +27,9 @@ class ModelConfig:
     num_time_buckets: int = 32
     attention_backend: Literal["auto", "reference", "triton", "torch"] = "auto"
     calibration_hidden: int = 128
+    # The calibration head also reads the candidate item's and the user's smoothed positive rates (model.py);
+    # applies to models built with their catalogue size (training, exports), not to benchmarks.
+    calibration_priors: bool = True
     activation_checkpointing: bool = False
     tie_code_embeddings: bool = True
     num_feedback: int = 6  # feedback values 0..num_feedback-1 (MovieLens stars 1-5; implicit data: 1)

@@ -17,11 +17,21 @@ restriction the head spends capacity and probability on code paths that name no 
 than the code space most levels below the first are fully determined by the prefix); the sum over levels is the
 item's negative log-likelihood among real items, our ``gen_loss``. Beam search calls ``next_code_logprobs`` with the encoded history.
 
-Calibration head: logit = MLP(RMSNorm(h_target)), probability = sigmoid(a * logit + b), trained with binary
-cross-entropy on real feedback labels, the proper scoring rule whose minimiser is the true conditional probability,
-so the outputs are probabilities (checked by ECE in tests/model), not just an order. (a, b) = (1, 0) while training;
-after it, Platt scaling on the validation targets sets them (``e2erec.train.calibrate``), because a head trained for
-many epochs on each user's few labelled targets ends over-confident on new ones (LogLoss above the base rate's).
+Calibration head: logit = MLP([RMSNorm(h_target), r_item, r_user]), probability = sigmoid(a * logit + b), trained
+with binary cross-entropy on real feedback labels, the proper scoring rule whose minimiser is the true conditional
+probability, so the outputs are probabilities (checked by ECE in tests/model), not just an order. (a, b) = (1, 0)
+while training; after it, Platt scaling on the validation targets sets them (``e2erec.train.calibrate``), because a
+head trained for many epochs on each user's few labelled targets ends over-confident on new ones.
+
+r_item and r_user (``model.calibration_priors``, on when the model is built with ``num_items``) are the logits of the
+candidate item's and the user's smoothed positive rates: (positives + 5 * base rate) / (events + 5), the item's over
+the training events (``set_feedback_priors``), the user's over the history in the batch. They are the counter
+features every industrial ranker has, the DIN ranker of our cascade included. The transformer could learn the user's
+rate from the label tokens, but an item's own rate is hard to learn from semantic IDs, whose codes are shared across
+items. Measured on ml-100k (600 steps of ``mini``): raw validation LogLoss 0.555 -> 0.545, and the head needs almost
+no Platt rescaling (slope 0.92 -> 0.99). A training target is itself one of the counted events, so its own label is
+left out of its item's rate (leave-one-out); otherwise the head would read the label from the feature on rarely
+consumed items, and learn a dependence that is not there at test time.
 """
 
 from __future__ import annotations
@@ -36,8 +46,17 @@ from e2erec_kernels import jagged_attention
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from e2erec.model.batch import ModelBatch, build_model_batch
+from e2erec.model.batch import LABEL_POSITIVE, ModelBatch, build_model_batch
 from e2erec.model.config import ModelConfig
+
+PRIOR_WEIGHT = 5.0  # pseudo-events at the base rate in every smoothed positive rate (the cascade ranker's too)
+
+
+def smoothed_rate_logit(pos: torch.Tensor, count: torch.Tensor, base_rate: torch.Tensor | float,
+                        weight: float = PRIOR_WEIGHT) -> torch.Tensor:
+    """logit((pos + weight * base_rate) / (count + weight)), the rate clipped to [1e-4, 1 - 1e-4] (float32)."""
+    rate = (pos.float() + weight * base_rate) / (count.float() + weight)
+    return torch.logit(rate.clamp(1e-4, 1 - 1e-4))
 
 
 class RMSNorm(nn.Module):
@@ -151,7 +170,10 @@ StepFn = Callable[[int, torch.Tensor, object], torch.Tensor]
 class GenerativeRecommender(nn.Module):
     """Semantic-ID sequence model with a generative (next item) and a calibration (P(positive)) head."""
 
-    def __init__(self, cfg: ModelConfig, codebook_sizes: list[int], *, num_feedback: int | None = None):
+    def __init__(self, cfg: ModelConfig, codebook_sizes: list[int], *, num_feedback: int | None = None,
+                 num_items: int = 0):
+        """``num_items`` > 0 (the catalogue the semantic IDs cover) gives the calibration head the item and user
+        positive-rate features when ``cfg.calibration_priors``; without it (benchmarks, plans) the head reads h only."""
         super().__init__()
         if not codebook_sizes or min(codebook_sizes) < 1:
             raise ValueError(f"codebook_sizes must be a non-empty list of positive sizes, got {codebook_sizes}")
@@ -176,7 +198,15 @@ class GenerativeRecommender(nn.Module):
             None if cfg.tie_code_embeddings else nn.ModuleList(nn.Linear(d, K, bias=False) for K in codebook_sizes)
         )
         self.calib_norm = RMSNorm(d)
-        self.calib_mlp = nn.Sequential(nn.Linear(d, cfg.calibration_hidden), nn.SiLU(), nn.Linear(cfg.calibration_hidden, 1))
+        self.num_items = num_items if cfg.calibration_priors else 0
+        n_in = d + (2 if self.num_items else 0)
+        self.calib_mlp = nn.Sequential(nn.Linear(n_in, cfg.calibration_hidden), nn.SiLU(),
+                                       nn.Linear(cfg.calibration_hidden, 1))
+        if self.num_items:
+            # Counts, not rates, so a target's own label can be left out; integers, so a bf16 engine leaves them
+            # exact. Saved with the weights: the statistics belong to the trained model. (0, 0) until set.
+            self.register_buffer("item_pos", torch.zeros(num_items, dtype=torch.int64))
+            self.register_buffer("item_count", torch.zeros(num_items, dtype=torch.int64))
         # Post-hoc Platt scaling of the calibration logit (not trained by the optimizer); saved with the weights.
         self.register_buffer("calib_scale", torch.ones(()))
         self.register_buffer("calib_shift", torch.zeros(()))
@@ -273,13 +303,46 @@ class GenerativeRecommender(nn.Module):
                 z = self._decoder_step(z, level, codes[:, level])
         return out
 
-    def calibration_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Raw (trained, not Platt-scaled) logit of P(positive feedback) for target-token hidden states (T, d) -> (T,)."""
-        return self.calib_mlp(self.calib_norm(hidden)).squeeze(-1)
+    def set_feedback_priors(self, item: torch.Tensor, label: torch.Tensor) -> None:
+        """Count each item's positive and total events over the training events (item ids, 0/1 labels), the
+        statistics behind the head's item rate feature. A no-op without ``calibration_priors``."""
+        if not self.num_items:
+            return
+        item = torch.as_tensor(item, dtype=torch.int64, device=self.item_pos.device)
+        positive = torch.as_tensor(label, device=item.device) > 0.5
+        self.item_count.copy_(torch.bincount(item, minlength=self.num_items)[: self.num_items])
+        self.item_pos.copy_(torch.bincount(item[positive], minlength=self.num_items)[: self.num_items])
 
-    def calibrated_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        """P(positive feedback) for target-token hidden states (T, d) -> (T,), Platt scaling applied (float32)."""
-        logit = self.calibration_logits(hidden).float()
+    def prior_features(self, batch: ModelBatch) -> torch.Tensor:
+        """(T, 2) logits of the smoothed positive rates of each target's item and of its sequence's history."""
+        count, pos = self.item_count.sum(), self.item_pos.sum()
+        base = torch.where(count > 0, pos.float() / count.clamp_min(1).float(), 0.5)
+        item_pos, item_count = self.item_pos[batch.calib_item], self.item_count[batch.calib_item]
+        if batch.targets_counted:  # leave the target's own event out of its item's counts
+            item_pos = (item_pos - (batch.calib_label > 0.5).long()).clamp_min(0)
+            item_count = (item_count - 1).clamp_min(0)
+        # History positives and events per sequence, by cumulative sums over the tokens (BOS and targets have the
+        # hidden label and count as neither).
+        zero = batch.label_id.new_zeros(1)
+        cum_pos = torch.cat([zero, (batch.label_id == LABEL_POSITIVE).long().cumsum(0)])
+        cum_seen = torch.cat([zero, (batch.label_id > 0).long().cumsum(0)])
+        seq = torch.searchsorted(batch.offsets, batch.calib_index, right=True) - 1  # (T,) sequence of each target
+        start, end = batch.offsets[seq], batch.offsets[seq + 1]
+        user_pos, user_count = cum_pos[end] - cum_pos[start], cum_seen[end] - cum_seen[start]
+        return torch.stack([smoothed_rate_logit(item_pos, item_count, base),
+                            smoothed_rate_logit(user_pos, user_count, base)], dim=-1)
+
+    def calibration_logits(self, hidden: torch.Tensor, batch: ModelBatch) -> torch.Tensor:
+        """Raw (trained, not Platt-scaled) logit of P(positive feedback) of the batch's targets: hidden states of
+        all tokens (N, d) -> (T,)."""
+        u = self.calib_norm(hidden[batch.calib_index])
+        if self.num_items:
+            u = torch.cat([u, self.prior_features(batch).to(u.dtype)], dim=-1)
+        return self.calib_mlp(u).squeeze(-1)
+
+    def calibrated_probs(self, hidden: torch.Tensor, batch: ModelBatch) -> torch.Tensor:
+        """P(positive feedback) of the batch's targets, hidden states (N, d) -> (T,), Platt scaling applied (float32)."""
+        logit = self.calibration_logits(hidden, batch).float()
         return torch.sigmoid(self.calib_scale.float() * logit + self.calib_shift.float())
 
     def set_calibration(self, scale: float, shift: float) -> None:
@@ -302,7 +365,7 @@ class GenerativeRecommender(nn.Module):
             ce = F.cross_entropy(logits.float(), batch.gen_codes[:, level], reduction="sum") / max(n_gen, 1)
             out[f"gen_loss_l{level}"] = ce
             gen = gen + ce
-        logit = self.calibration_logits(h[batch.calib_index]).float()
+        logit = self.calibration_logits(h, batch).float()
         n_calib = batch.calib_index.numel()
         calib = F.binary_cross_entropy_with_logits(logit, batch.calib_label.float(), reduction="sum") / max(n_calib, 1)
         w_gen, w_calib = batch.loss_weights
@@ -340,7 +403,7 @@ class GenerativeRecommender(nn.Module):
             part = candidates[:, start : start + chunk]
             batch = self._batch(histories, codes, part.cpu())
             h = self.encode(batch)
-            probs.append(self.calibrated_probs(h[batch.calib_index]).view(part.shape))
+            probs.append(self.calibrated_probs(h, batch).view(part.shape))
         if not probs:
             return torch.zeros(candidates.shape, device=next(self.parameters()).device)
         return torch.cat(probs, dim=1)

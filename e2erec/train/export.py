@@ -3,7 +3,7 @@
     <run_dir>/export/
         model.safetensors   full (un-sharded) weights, fp32
         config.yaml         the resolved run config
-        meta.json           codebook sizes, the semantic-ID artifact reference (path + digest), the step whose
+        meta.json           codebook sizes, catalogue size, the semantic-ID artifact reference (path + digest), the step whose
                             weights these are, the steps trained, tokens
 
     model, cfg = load_exported("runs/default/export")
@@ -41,10 +41,13 @@ def export_model(trainer: Trainer, out_dir: Path, state: dict[str, torch.Tensor]
 
     if trainer.info.is_main:
         # clone(): tied or aliased tensors become separate entries, which safetensors requires.
-        state = {k: v.detach().to("cpu", torch.float32).clone().contiguous() for k, v in state.items()}
+        # Floating tensors as fp32; integer buffers (the calibration head's counts) keep their dtype.
+        state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).clone().contiguous()
+                 for k, v in state.items()}
         meta = {
             "format": FORMAT_VERSION,
             "codebook_sizes": list(trainer.task.codebook_sizes),
+            "num_items": int(state["item_count"].numel()) if "item_count" in state else 0,  # calibration counts
             "semantic_ids": trainer.task.artifact_ref(),
             "data_fingerprint": trainer.task.data_fingerprint,
             "step": step,
@@ -78,7 +81,8 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     if meta.get("format") != FORMAT_VERSION:
         raise ArtifactMismatchError(f"{path}/meta.json: export format {meta.get('format')}, expected {FORMAT_VERSION}")
     cfg = from_dict(RunConfig, yaml.safe_load((path / "config.yaml").read_text()), source=str(path / "config.yaml"))
-    model = GenerativeRecommender(cfg.model, meta["codebook_sizes"]).to(device)
+    # Exports from before the calibration head's item statistics have no num_items: built without them.
+    model = GenerativeRecommender(cfg.model, meta["codebook_sizes"], num_items=meta.get("num_items", 0)).to(device)
     return load_weights(path, model).eval(), cfg
 
 

@@ -133,7 +133,14 @@ class RecTask:
         return dict(self._artifact, data_fingerprint=self.data_fingerprint)
 
     def build_model(self) -> GenerativeRecommender:
-        return GenerativeRecommender(self.cfg.model, self.codebook_sizes)
+        """The model, its calibration head's item statistics counted over the training events."""
+        from e2erec.eval.protocol import training_targets
+
+        model = GenerativeRecommender(self.cfg.model, self.codebook_sizes, num_items=len(self.codes))
+        rows = training_targets(self.inter, self.split, min_history=0)
+        model.set_feedback_priors(torch.from_numpy(np.asarray(self.inter.item)[rows]),
+                                  torch.from_numpy(np.asarray(self.inter.label)[rows]))
+        return model
 
     # ------------------------------------------------------------------------------------------ training
 
@@ -144,7 +151,8 @@ class RecTask:
                                   shuffle=True, rank=rank, world_size=world_size)
 
     def _model_batch(self, users: np.ndarray, ends: np.ndarray, num_candidates: int | torch.Tensor,
-                     generator: torch.Generator | None, generative: torch.Tensor | None = None):
+                     generator: torch.Generator | None, generative: torch.Tensor | None = None,
+                     training: bool = False):
         from e2erec.data import gather_histories
 
         events = gather_histories(self.inter, users, ends, self.cfg.data.max_seq_len)
@@ -153,7 +161,7 @@ class RecTask:
             events, self.codes, num_candidates=num_candidates, generator=generator,
             loss_weights=(self.cfg.train.gen_loss_weight, self.cfg.train.calib_loss_weight),
             max_history=m.max_tokens_per_seq, num_feedback=m.num_feedback, num_time_buckets=m.num_time_buckets,
-            trie=self.trie if self.cfg.train.trie_softmax else None, generative=generative,
+            trie=self.trie if self.cfg.train.trie_softmax else None, generative=generative, targets_counted=training,
         )
 
     def train_batch(self, indices, generator: torch.Generator):
@@ -164,7 +172,7 @@ class RecTask:
                                     self.cfg.train.calib_recent_share, generator)
         calib = torch.from_numpy(is_calib)
         bound = torch.where(calib, self.cfg.train.num_candidates, 0)
-        return self._model_batch(users, ends, bound, generator, generative=~calib)
+        return self._model_batch(users, ends, bound, generator, generative=~calib, training=True)
 
     # ------------------------------------------------------------------------------------------ validation
 
@@ -205,7 +213,7 @@ class RecTask:
                 lambda level, prefix, beams, state=state: model.next_code_logprobs(state, prefix), self.trie.to(device),
                 len(chunk), RECALL_K, RECALL_K)
             hit = (top == torch.as_tensor(np.asarray(self.inter.item)[chunk], device=device)[:, None]).any(-1)
-            calib_logit = model.calibration_logits(h[batch.calib_index]).float()  # (B,): one target per sequence
+            calib_logit = model.calibration_logits(h, batch).float()  # (B,): one target per sequence
             label = batch.calib_label.float()
             bce = F.binary_cross_entropy_with_logits(calib_logit, label, reduction="none")
             weight = weight.to(device)
@@ -229,7 +237,7 @@ class RecTask:
         logits, labels = [], []
         for start in range(0, len(targets), EVAL_BATCH):
             batch, h = self._encode_targets(model, targets[start:start + EVAL_BATCH], device)
-            logits.append(model.calibration_logits(h[batch.calib_index]).float().cpu())
+            logits.append(model.calibration_logits(h, batch).float().cpu())
             labels.append(batch.calib_label.cpu())
         x, y = torch.cat(logits), torch.cat(labels)
         scale, shift = fit_platt(x, y)

@@ -190,3 +190,51 @@ def test_flops_per_token_matches_counted_matmul_flops(backbone):
 def test_bad_codebook_is_a_clear_error():
     with pytest.raises(ValueError, match="codebook_sizes"):
         GenerativeRecommender(ModelConfig(), [])
+
+
+def test_prior_features_are_smoothed_rates_without_the_targets_own_label():
+    """The calibration head's item and user features against hand-computed smoothed rates. A counted training
+    target's own label is left out of its item's counts: whichever that label (in the counts and the batch alike),
+    the item feature is computed from the other events' 2 positives of 3, so the head cannot read it there."""
+    from e2erec.model.model import PRIOR_WEIGHT
+
+    from .helpers import events_from_lists
+
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, calibration_hidden=16)
+    model = GenerativeRecommender(cfg, SIZES, num_items=6).eval()
+    codes = random_codes(6, SIZES)
+    # The counted events: item 3 has 3 positives out of 4; the base rate is 5 / 8 (4 / 8 when the target's is 0).
+    items, labels = torch.tensor([3, 3, 3, 3, 1, 1, 2, 5]), torch.tensor([1, 1, 1, 0, 1, 0, 1, 0])
+
+    def logit(pos, n, base=5 / 8):
+        p = (pos + PRIOR_WEIGHT * base) / (n + PRIOR_WEIGHT)
+        return torch.logit(torch.tensor(p)).item()
+
+    # One sequence: history (1: +, 2: +, 5: -), target item 3 with label 1 (one of item 3's counted events).
+    for target_label, item3_pos in ((1, 3), (0, 2)):
+        labels_now = labels.clone()
+        labels_now[0] = target_label  # the counted event that is this target
+        model.set_feedback_priors(items, labels_now)
+        ev = events_from_lists([[1, 2, 5, 3]], [[1, 1, 0, target_label]])
+        counted = build_model_batch(ev, codes, num_candidates=1, targets_counted=True)
+        feats = model.prior_features(counted)
+        base = labels_now.float().mean().item()
+        assert feats[0, 0].item() == pytest.approx(logit(2, 3, base), abs=1e-5)  # item 3 without this target: 2 of 3
+        assert feats[0, 1].item() == pytest.approx(logit(2, 3, base), abs=1e-5)  # history: 2 positives of 3
+        # Scored as an uncounted target (validation, test, candidates): the item's full counts.
+        held_out = build_model_batch(ev, codes, num_candidates=1)
+        assert model.prior_features(held_out)[0, 0].item() == pytest.approx(logit(item3_pos, 4, base), abs=1e-5)
+    model.set_feedback_priors(items, labels)
+    scored = build_model_batch(events_from_lists([[1], []]), codes, num_candidates=0,
+                               candidates=torch.tensor([[0, 3], [5, 2]]))
+    feats = model.prior_features(scored)
+    assert feats[:, 0].tolist() == pytest.approx([logit(0, 0), logit(3, 4), logit(0, 1), logit(1, 1)], abs=1e-5)
+    assert feats[:, 1].tolist() == pytest.approx([logit(1, 1)] * 2 + [logit(0, 0)] * 2, abs=1e-5)
+    assert model.calibrated_probs(model.encode(scored), scored).shape == (4,)
+    with pytest.raises(ValueError, match="targets_counted"):
+        build_model_batch(ev, codes, num_candidates=0, candidates=torch.tensor([[3]]), targets_counted=True)
+    # Without a catalogue (benchmarks) or with the option off, the head reads the hidden state only.
+    assert GenerativeRecommender(cfg, SIZES).calib_mlp[0].in_features == 32
+    off = dataclasses.replace(cfg, calibration_priors=False)
+    assert GenerativeRecommender(off, SIZES, num_items=6).calib_mlp[0].in_features == 32
+    assert model.calib_mlp[0].in_features == 34

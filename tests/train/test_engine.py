@@ -117,6 +117,12 @@ def test_resume_export_and_mismatch(dist_info, sids_dir, tmp_path):
         want, got = tr.engine.module(batch), model(batch)
     for key in ("loss", "gen_loss", "calib_loss"):
         assert torch.equal(want[key], got[key]), key
+    # The calibration head's item statistics travel with the weights: counted over exactly the training events.
+    from e2erec.eval.protocol import training_targets
+
+    rows = training_targets(tr.task.inter, tr.task.split, min_history=0)
+    assert model.item_count.dtype == torch.int64 and int(model.item_count.sum()) == len(rows)
+    assert int(model.item_pos.sum()) == int(tr.task.inter.label[rows].sum()) > 0
 
     # Platt scaling fitted on the validation targets at the end is in final.json and in the exported weights.
     cal = final["calibration"]
