@@ -45,6 +45,7 @@ from e2erec.baselines.common import (
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.metrics import log_loss
 from e2erec.eval.protocol import mask_history, padded_histories, top_k, training_targets
+from e2erec.model.model import smoothed_rate_logit
 
 RANKER_BATCH_FACTOR = 16  # the ranker scores single events, so it takes 16x the sequence batch per step
 
@@ -97,11 +98,6 @@ class DINRanker(nn.Module):
         return self.head(torch.cat([pooled, t, pooled * t, mean, dense], dim=-1)).squeeze(-1)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p)).astype(np.float32)
-
-
 class Cascade:
     """Two-tower retrieval -> DIN-style ranking with a calibrated head (see the module docstring)."""
 
@@ -135,13 +131,14 @@ class Cascade:
         self._fit_merge(inter, valid, ecfg)
 
     def _fit_stats(self, inter: Interactions, split: Split) -> None:
-        """Smoothed positive rates over all training events: per item, and the global base rate (prior weight 5)."""
+        """Positive and total counts per item over all training events, and the global base rate, behind the
+        ranker's smoothed positive-rate features (`e2erec.model.model.smoothed_rate_logit`, as the e2erec
+        calibration head's)."""
         rows = training_targets(inter, split, min_history=0)
         y = inter.label[rows].astype(np.float64)
         self.base_rate = float(y.mean()) if len(y) else 0.5
-        pos = np.bincount(inter.item[rows], weights=y, minlength=inter.n_items)
-        cnt = np.bincount(inter.item[rows], minlength=inter.n_items)
-        self.item_rate = _logit((pos + 5 * self.base_rate) / (cnt + 5))
+        self.item_pos = np.bincount(inter.item[rows], weights=y, minlength=inter.n_items)
+        self.item_count = np.bincount(inter.item[rows], minlength=inter.n_items).astype(np.float64)
 
     def _fit_retrieval(self, inter, train, valid, ecfg, rng) -> None:
         dim, n_items = ecfg.baseline_dim, inter.n_items
@@ -185,7 +182,7 @@ class Cascade:
 
         def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, int]:
             t = train[idx]
-            logits = self._ranker_logits(inter, t, inter.item[t][:, None])[:, 0]
+            logits = self._ranker_logits(inter, t, inter.item[t][:, None], counted=True)[:, 0]
             y = torch.from_numpy(inter.label[t].astype(np.float32))
             return nn.functional.binary_cross_entropy_with_logits(logits, y), len(t)
 
@@ -206,13 +203,28 @@ class Cascade:
     # ------------------------------------------------------------------------------------------------------------
     # inference
 
-    def _ranker_logits(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> torch.Tensor:
-        """Ranker logits (n, m) of each target's history with each of its `items` [n, m]."""
+    def rate_features(self, inter: Interactions, targets: np.ndarray, items: np.ndarray, labels: np.ndarray,
+                      lengths: np.ndarray, counted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ranker's dense features: logits of the smoothed positive rates of `items` [n, m] (n, m) and of each
+        target's history window (`labels` [n, L] and `lengths` [n] from `padded_histories`) (n,). ``counted``:
+        `items` [n, 1] are the targets' own training events, which the item counts include; each one's label is
+        left out of its item's rate, or the ranker would learn to read its label there (rare items most) and be
+        over-confident at test time, where the feature holds no such label."""
+        pos, count = self.item_pos[items], self.item_count[items]
+        if counted:
+            pos, count = pos - inter.label[targets][:, None], count - 1
+        item_rate = smoothed_rate_logit(torch.from_numpy(pos), torch.from_numpy(count), self.base_rate)
+        user_rate = smoothed_rate_logit(torch.from_numpy(labels.sum(axis=1)), torch.from_numpy(lengths), self.base_rate)
+        return item_rate, user_rate
+
+    def _ranker_logits(self, inter: Interactions, targets: np.ndarray, items: np.ndarray,
+                       counted: bool = False) -> torch.Tensor:
+        """Ranker logits (n, m) of each target's history with each of its `items` [n, m] (``counted``: see
+        `rate_features`)."""
         hist, labels, lengths = padded_histories(inter, targets, self.max_len)
-        n_pos = labels.sum(axis=1).astype(np.float64)
-        user_rate = _logit((n_pos + 5 * self.base_rate) / (lengths + 5))
+        item_rate, user_rate = self.rate_features(inter, targets, items, labels, lengths, counted)
         return self.ranker.logits(torch.from_numpy(hist), torch.from_numpy(labels), torch.from_numpy(items),
-                                  torch.from_numpy(self.item_rate[items]), torch.from_numpy(user_rate))
+                                  item_rate, user_rate)
 
     def _retrieval_log_probs(self, inter: Interactions, targets: np.ndarray) -> np.ndarray:
         """log softmax of the two-tower logits over the whole catalogue: float64 [n, n_items]."""

@@ -106,3 +106,30 @@ def test_unknown_system_is_a_config_error():
     with pytest.raises(ConfigError, match="did you mean 'sasrec'"):
         build_baseline("sasrek")
     assert set(BASELINES) == {"popularity", "sasrec", "cascade", "plugin_cascade"}
+
+
+def test_ranker_rate_features_leave_a_training_targets_own_label_out(toy):
+    """The DIN ranker's item rate of a counted training target uses the other events' counts only (so the ranker
+    cannot read its label there); held-out targets and candidates use the full training counts."""
+    from e2erec.baselines.cascade import Cascade
+    from e2erec.eval.protocol import padded_histories, training_targets
+    from e2erec.model.model import smoothed_rate_logit
+
+    inter, split = toy
+    cascade = Cascade()
+    cascade._fit_stats(inter, split)
+    rows = training_targets(inter, split, min_history=1)[:64]
+    items = inter.item[rows][:, None]
+    _, labels, lengths = padded_histories(inter, rows, 8)
+    counted, _ = cascade.rate_features(inter, rows, items, labels, lengths, counted=True)
+    full, user = cascade.rate_features(inter, rows, items, labels, lengths)
+    counted_rows = training_targets(inter, split, min_history=0)
+    y = inter.label[rows].astype(np.float64)
+    pos = np.array([inter.label[counted_rows][inter.item[counted_rows] == i].sum() for i in items[:, 0]])
+    n = np.array([(inter.item[counted_rows] == i).sum() for i in items[:, 0]], dtype=np.float64)
+    base = float(inter.label[counted_rows].mean())
+    want = smoothed_rate_logit(torch.from_numpy(pos - y), torch.from_numpy(n - 1), base)
+    torch.testing.assert_close(counted[:, 0], want)
+    torch.testing.assert_close(full[:, 0], smoothed_rate_logit(torch.from_numpy(pos), torch.from_numpy(n), base))
+    assert ((counted[:, 0] < full[:, 0]) == (y > 0)).all()  # a positive's own label raised its item's full rate
+    torch.testing.assert_close(user, smoothed_rate_logit(torch.from_numpy(labels.sum(1)), torch.from_numpy(lengths), base))
