@@ -222,10 +222,16 @@ def _summary(report: dict) -> list[str]:
         if vals:
             v, name = (max if higher else min)(vals)
             lines.append(f"- Best test {key}: **{name}** ({v:.4f}).")
-    calibrated = [(r["calibration"]["ece"]["value"], r["name"]) for r in systems if r["calibration"]]
-    if calibrated:
-        v, name = min(calibrated)
-        lines.append(f"- Lowest ECE: **{name}** ({v:.4f}); systems without a calibrated head: "
+    # LogLoss beside ECE: the proper scoring rule (calibration and discrimination in one number), less noisy than
+    # a 15-bin ECE on a few hundred labels.
+    best = {}
+    for key in ("logloss", "ece"):
+        calibrated = [(r["calibration"][key]["value"], r["name"]) for r in systems if r["calibration"]]
+        if calibrated:
+            best[key] = min(calibrated)
+    if best:
+        lines.append(f"- Lowest ECE: **{best['ece'][1]}** ({best['ece'][0]:.4f}); lowest LogLoss: "
+                     f"**{best['logloss'][1]}** ({best['logloss'][0]:.4f}); systems without a calibrated head: "
                      + (", ".join(r["name"] for r in systems if not r["calibration"]) or "none") + ".")
     for metric in (HEADLINE, "ece"):
         for r in systems:

@@ -60,6 +60,7 @@ def test_report_files_exist_and_name_every_system(report):
         assert f"| {name} |" in md
     assert "- planted_oracle on ndcg@10 (paired bootstrap, 95%): better than popularity" in md
     assert "- planted_oracle on ece (paired bootstrap, 95%): better than overconfident." in md
+    assert "- Lowest ECE: **planted_oracle** (" in md and "; lowest LogLoss: **planted_oracle** (" in md
     assert [s["name"] for s in js["systems"]] == ["popularity", "planted_oracle", "overconfident"]
     for png in ("metrics.png", "reliability.png", "history_length.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
