@@ -44,7 +44,7 @@ from e2erec.baselines.common import (
 )
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.metrics import log_loss
-from e2erec.eval.protocol import mask_history, padded_histories, top_k, training_targets
+from e2erec.eval.protocol import item_feedback_counts, mask_history, padded_histories, top_k, training_targets
 from e2erec.model.model import smoothed_rate_logit
 
 RANKER_BATCH_FACTOR = 16  # the ranker scores single events, so it takes 16x the sequence batch per step
@@ -134,11 +134,9 @@ class Cascade:
         """Positive and total counts per item over all training events, and the global base rate, behind the
         ranker's smoothed positive-rate features (`e2erec.model.model.smoothed_rate_logit`, as the e2erec
         calibration head's)."""
-        rows = training_targets(inter, split, min_history=0)
-        y = inter.label[rows].astype(np.float64)
-        self.base_rate = float(y.mean()) if len(y) else 0.5
-        self.item_pos = np.bincount(inter.item[rows], weights=y, minlength=inter.n_items)
-        self.item_count = np.bincount(inter.item[rows], minlength=inter.n_items).astype(np.float64)
+        self.item_pos, self.item_count = item_feedback_counts(inter, split)
+        total = self.item_count.sum()
+        self.base_rate = float(self.item_pos.sum() / total) if total else 0.5
 
     def _fit_retrieval(self, inter, train, valid, ecfg, rng) -> None:
         dim, n_items = ecfg.baseline_dim, inter.n_items

@@ -99,3 +99,13 @@ def training_targets(inter: Interactions, split: Split, min_history: int = 1) ->
     lengths = np.maximum(split.train_end - starts - min_history, 0)
     base = np.repeat(starts + min_history - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     return np.arange(lengths.sum()) + base
+
+
+def item_feedback_counts(inter: Interactions, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(positive events, events) per item over all training events, int64 [n_items] each: the counts behind the
+    smoothed positive-rate features of the cascade ranker and of the e2erec calibration head."""
+    rows = training_targets(inter, split, min_history=0)
+    item = np.asarray(inter.item)[rows]
+    positive = np.asarray(inter.label)[rows] > 0.5
+    return (np.bincount(item[positive], minlength=inter.n_items).astype(np.int64),
+            np.bincount(item, minlength=inter.n_items).astype(np.int64))

@@ -303,15 +303,14 @@ class GenerativeRecommender(nn.Module):
                 z = self._decoder_step(z, level, codes[:, level])
         return out
 
-    def set_feedback_priors(self, item: torch.Tensor, label: torch.Tensor) -> None:
-        """Count each item's positive and total events over the training events (item ids, 0/1 labels), the
-        statistics behind the head's item rate feature. A no-op without ``calibration_priors``."""
+    def set_feedback_priors(self, positives: torch.Tensor, events: torch.Tensor) -> None:
+        """Install each item's positive and total training-event counts (int [num_items] each,
+        `e2erec.eval.protocol.item_feedback_counts`), the statistics behind the head's item rate feature. A no-op
+        without ``calibration_priors``."""
         if not self.num_items:
             return
-        item = torch.as_tensor(item, dtype=torch.int64, device=self.item_pos.device)
-        positive = torch.as_tensor(label, device=item.device) > 0.5
-        self.item_count.copy_(torch.bincount(item, minlength=self.num_items)[: self.num_items])
-        self.item_pos.copy_(torch.bincount(item[positive], minlength=self.num_items)[: self.num_items])
+        self.item_pos.copy_(torch.as_tensor(positives))
+        self.item_count.copy_(torch.as_tensor(events))
 
     def prior_features(self, batch: ModelBatch) -> torch.Tensor:
         """(T, 2) logits of the smoothed positive rates of each target's item and of its sequence's history."""

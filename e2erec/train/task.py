@@ -33,6 +33,7 @@ from e2erec.config import RunConfig
 from e2erec.data.jagged import newest_first_windows
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.metrics import log_loss
+from e2erec.eval.protocol import item_feedback_counts
 from e2erec.generate.beam import constrained_beam_search
 from e2erec.model import GenerativeRecommender, build_model_batch
 from e2erec.model.batch import trie_code_mask
@@ -97,6 +98,9 @@ class RecTask:
         self._artifact = artifact or {}
         offsets = np.asarray(inter.offsets)
         self.first_event = offsets[:-1]  # row of each user's first event
+        # The calibration head's item statistics, counted once: every build_model (the engine's, and fresh copies
+        # to load weights into) installs them.
+        self.item_feedback = item_feedback_counts(inter, split)
         self.unit_user, self.unit_end, self.unit_calib, self.lengths = training_units(
             offsets, np.asarray(split.train_end), cfg.data.max_seq_len,
             calibration=cfg.train.num_candidates > 0 and cfg.train.calib_loss_weight > 0,
@@ -134,12 +138,8 @@ class RecTask:
 
     def build_model(self) -> GenerativeRecommender:
         """The model, its calibration head's item statistics counted over the training events."""
-        from e2erec.eval.protocol import training_targets
-
         model = GenerativeRecommender(self.cfg.model, self.codebook_sizes, num_items=len(self.codes))
-        rows = training_targets(self.inter, self.split, min_history=0)
-        model.set_feedback_priors(torch.from_numpy(np.asarray(self.inter.item)[rows]),
-                                  torch.from_numpy(np.asarray(self.inter.label)[rows]))
+        model.set_feedback_priors(*map(torch.from_numpy, self.item_feedback))
         return model
 
     # ------------------------------------------------------------------------------------------ training

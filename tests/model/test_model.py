@@ -206,6 +206,9 @@ def test_prior_features_are_smoothed_rates_without_the_targets_own_label():
     # The counted events: item 3 has 3 positives out of 4; the base rate is 5 / 8 (4 / 8 when the target's is 0).
     items, labels = torch.tensor([3, 3, 3, 3, 1, 1, 2, 5]), torch.tensor([1, 1, 1, 0, 1, 0, 1, 0])
 
+    def _counts(item, label):  # (positives, events) per item
+        return torch.bincount(item[label > 0], minlength=6), torch.bincount(item, minlength=6)
+
     def logit(pos, n, base=5 / 8):
         p = (pos + PRIOR_WEIGHT * base) / (n + PRIOR_WEIGHT)
         return torch.logit(torch.tensor(p)).item()
@@ -214,7 +217,7 @@ def test_prior_features_are_smoothed_rates_without_the_targets_own_label():
     for target_label, item3_pos in ((1, 3), (0, 2)):
         labels_now = labels.clone()
         labels_now[0] = target_label  # the counted event that is this target
-        model.set_feedback_priors(items, labels_now)
+        model.set_feedback_priors(*_counts(items, labels_now))
         ev = events_from_lists([[1, 2, 5, 3]], [[1, 1, 0, target_label]])
         counted = build_model_batch(ev, codes, num_candidates=1, targets_counted=True)
         feats = model.prior_features(counted)
@@ -224,7 +227,7 @@ def test_prior_features_are_smoothed_rates_without_the_targets_own_label():
         # Scored as an uncounted target (validation, test, candidates): the item's full counts.
         held_out = build_model_batch(ev, codes, num_candidates=1)
         assert model.prior_features(held_out)[0, 0].item() == pytest.approx(logit(item3_pos, 4, base), abs=1e-5)
-    model.set_feedback_priors(items, labels)
+    model.set_feedback_priors(*_counts(items, labels))
     scored = build_model_batch(events_from_lists([[1], []]), codes, num_candidates=0,
                                candidates=torch.tensor([[0, 3], [5, 2]]))
     feats = model.prior_features(scored)
