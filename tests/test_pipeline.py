@@ -1,7 +1,8 @@
-"""`e2erec run` end to end on real MovieLens-100K with a tiny budget, then `e2erec generate` on its export.
+"""`e2erec run --seeds 2` end to end on real MovieLens-100K with a tiny budget, then `e2erec generate` on an export.
 
-The run trains the real model through the DeepSpeed engine, fits a baseline, evaluates both under one protocol and
-writes the report; generation then checks the steering constraints hold on real items.
+Each seed's run trains the real model through the DeepSpeed engine while the baseline lane (a spawned process) fits
+a baseline, evaluates both under one protocol and writes the report; the seed summary aggregates the two reports;
+generation then checks the steering constraints hold on real items.
 """
 
 import json
@@ -10,6 +11,10 @@ import sys
 
 import numpy as np
 import pytest
+
+from e2erec.generate.system import ROW_NAMES
+
+GEN, JOINT = ROW_NAMES["beam"], ROW_NAMES["joint"]
 
 
 def _e2erec(*args, timeout=600):
@@ -21,13 +26,13 @@ def _e2erec(*args, timeout=600):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
+    out_dir = tmp_path_factory.mktemp("run")
     stdout = _e2erec(
-        "run", "--time-budget", "3", "--systems", "popularity",
-        f"out_dir={run_dir}", "train.max_steps=40", "train.eval_every=20", "train.ckpt_every=20",
+        "run", "--time-budget", "3", "--systems", "popularity", "--seeds", "2",
+        f"out_dir={out_dir}", "train.max_steps=40", "train.eval_every=20", "train.ckpt_every=20",
         "eval.bootstrap=10", "eval.beam_size=20", "eval.top_k=20", "eval.ks=[1,5,10,20]",
     )
-    return run_dir, stdout
+    return out_dir / "seed_0", stdout
 
 
 @pytest.mark.slow
@@ -39,20 +44,46 @@ def test_run_produces_a_complete_report(tiny_run):
         assert (report_dir / name).stat().st_size > 0, name
     report = json.loads((report_dir / "report.json").read_text())
     systems = {s["name"]: s for s in report["systems"]}
-    assert set(systems) == {"e2erec", "e2erec_calibrated", "popularity"}
+    assert set(systems) == {GEN, JOINT, "popularity"}
     assert report["setup"]["n_test_targets"] == 943
     final = json.loads((run_dir / "final.json").read_text())
-    assert final["status"] == "completed" and final["steps"] == 40
+    assert final["status"] == "completed" and final["steps"] == 40 and final["stop_reason"] == "max_steps"
     assert final["calibration"]["n_targets"] == 943  # Platt scaling fitted on every validation target
     # The run config keeps the best-validation weights (steps 20 and 40 were evaluated), and the report says which.
     assert final["selected_step"] in (20, 40)
     md = (report_dir / "report.md").read_text()
-    assert (f"- e2erec: weights of step {final['selected_step']} of 40, the best validation eval_loss "
-            "(train.select=best)") in md
+    assert f"| {GEN} | eval_loss | 40 steps " in md and f"| step {final['selected_step']} (eval " in md
+    assert "**Not converged** (stopped before patience ran out): e2erec (generation order) (max_steps)" in md
+    joint = systems[JOINT]["fit_log"]
+    assert joint["joint_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0) and len(joint["joint_valid"]) == 6
     assert (run_dir / "config.yaml").exists() and (run_dir / "export" / "model.safetensors").exists()
     # Both orders rank the same retrieved items, so their hit rate at the full list length agrees.
-    beam, calibrated = systems["e2erec"]["overall"], systems["e2erec_calibrated"]["overall"]
-    assert beam["hr@20"]["value"] == pytest.approx(calibrated["hr@20"]["value"])
+    beam, joint = systems[GEN]["overall"], systems[JOINT]["overall"]
+    assert beam["hr@20"]["value"] == pytest.approx(joint["hr@20"]["value"])
+
+
+@pytest.mark.slow
+def test_seeds_summary_aggregates_every_seeds_report(tiny_run):
+    run_dir, stdout = tiny_run
+    root = run_dir.parent
+    assert f"2-seed summary: {root / 'seeds.md'}" in stdout
+    summary = json.loads((root / "seeds.json").read_text())
+    assert summary["n_seeds"] == 2
+    reports = [json.loads((root / f"seed_{s}" / "eval" / "report.json").read_text()) for s in (0, 1)]
+    per_seed = [{r["name"]: r["overall"]["ndcg@10"]["value"] for r in rep["systems"]} for rep in reports]
+    for name in (GEN, JOINT, "popularity"):
+        got = summary["systems"][name]["ndcg@10"]
+        assert got["n"] == 2 and got["values"] == [p[name] for p in per_seed]
+        assert got["mean"] == pytest.approx(np.mean(got["values"]))
+        assert got["std"] == pytest.approx(np.std(got["values"], ddof=1))
+    # Different seeds train different models (popularity has no seed: its spread is zero).
+    assert summary["systems"]["popularity"]["ndcg@10"]["std"] == 0.0
+    finals = [json.loads((root / f"seed_{s}" / "final.json").read_text())["eval_loss"] for s in (0, 1)]
+    assert finals[0] != finals[1]
+    pair = [p for p in summary["paired"] if (p["system"], p["vs"], p["metric"]) == (GEN, "popularity", "ndcg@10")]
+    assert len(pair) == 1 and pair[0]["seeds_better"] + pair[0]["seeds_worse"] <= 2
+    md = (root / "seeds.md").read_text()
+    assert "# 2-seed summary" in md and f"| {GEN} |" in md
 
 
 @pytest.mark.slow
@@ -63,7 +94,7 @@ def test_eval_of_an_export_reproduces_the_run_report(tiny_run, tmp_path):
             f"out_dir={run_dir}", "eval.bootstrap=10", "eval.beam_size=20", "eval.top_k=20", "eval.ks=[1,5,10,20]")
     ran = {s["name"]: s["overall"] for s in json.loads((run_dir / "eval" / "report.json").read_text())["systems"]}
     again = {s["name"]: s["overall"] for s in json.loads((tmp_path / "report.json").read_text())["systems"]}
-    assert set(again) == {"e2erec", "e2erec_calibrated", "popularity"}
+    assert set(again) == {GEN, JOINT, "popularity"}
     for name in again:
         for metric in ("ndcg@10", "hr@20", "logloss"):
             if metric in ran[name]:

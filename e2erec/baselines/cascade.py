@@ -27,6 +27,8 @@ channels' candidates, with (a, tau) chosen on the validation targets.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from torch import nn
@@ -34,12 +36,15 @@ from tqdm.auto import tqdm
 
 from e2erec.baselines.common import (
     ItemEncoder,
+    baseline_rule,
     category_matrix,
+    count_params,
     eval_config,
     fit_early_stopping,
     seed_everything,
     select_score,
     split_valid_targets,
+    step_flops,
     train_epoch_over,
 )
 from e2erec.data.types import Interactions, Split
@@ -85,16 +90,21 @@ class DINRanker(nn.Module):
     def logits(self, hist: torch.Tensor, labels: torch.Tensor, item: torch.Tensor, item_rate: torch.Tensor,
                user_rate: torch.Tensor) -> torch.Tensor:
         """hist, labels (B, L); item (B, m) candidates; item_rate (B, m), user_rate (B,) logits -> (B, m)."""
-        m = item.shape[1]
-        valid = (hist >= 0).unsqueeze(1).unsqueeze(-1)  # (B, 1, L, 1)
-        h = self.items(hist) + self.feedback(labels.long().clamp(0, 1)) * (hist >= 0).unsqueeze(-1)  # (B, L, d)
+        d = self.feedback.embedding_dim
+        valid = hist >= 0  # (B, L)
+        h = self.items(hist) + self.feedback(labels.long().clamp(0, 1)) * valid.unsqueeze(-1)  # (B, L, d)
         t = self.items(item)  # (B, m, d)
-        hb = h.unsqueeze(1).expand(-1, m, -1, -1)  # (B, m, L, d)
-        tb = t.unsqueeze(2).expand_as(hb)  # (B, m, L, d)
-        w = self.att(torch.cat([hb, tb, hb - tb, hb * tb], dim=-1)) * valid  # (B, m, L, 1)
-        pooled = (w * hb).sum(2)  # (B, m, d)
-        mean = _masked_mean(h, hist >= 0).unsqueeze(1).expand(-1, m, -1)  # (B, m, d)
-        dense = torch.stack([item_rate, user_rate.unsqueeze(1).expand(-1, m)], dim=-1)  # (B, m, 2)
+        # The attention MLP's first layer on [h, t, h - t, h * t] is W1 h + W2 t + W3 (h - t) + W4 (h * t)
+        # = (W1 + W3) h + (W2 - W3) t + W4 (h * t): the same function with the history and candidate terms computed
+        # once each instead of per (candidate, history event) pair, a quarter of the (B, m, L) work.
+        first, act, last = self.att
+        w1, w2, w3, w4 = first.weight.split(d, dim=1)  # each (hidden, d)
+        pre = ((h @ (w1 + w3).T).unsqueeze(1) + (t @ (w2 - w3).T + first.bias).unsqueeze(2)
+               + torch.einsum("bld,bmd,hd->bmlh", h, t, w4))  # (B, m, L, hidden)
+        w = last(act(pre)).squeeze(-1) * valid.unsqueeze(1)  # (B, m, L)
+        pooled = torch.einsum("bml,bld->bmd", w, h)  # (B, m, d)
+        mean = _masked_mean(h, valid).unsqueeze(1).expand_as(t)  # (B, m, d)
+        dense = torch.stack([item_rate, user_rate.unsqueeze(1).expand_as(item_rate)], dim=-1)  # (B, m, 2)
         return self.head(torch.cat([pooled, t, pooled * t, mean, dense], dim=-1)).squeeze(-1)
 
 
@@ -126,8 +136,12 @@ class Cascade:
         train = training_targets(inter, split, min_history=1)
         valid = split_valid_targets(split)
         self._fit_stats(inter, split)
-        self._fit_retrieval(inter, train, valid, ecfg, rng)
-        self._fit_ranker(inter, train, valid, ecfg, rng)
+        # The system's time budget (if any): half to retrieval, the rest (whatever retrieval left) to the ranker.
+        t0 = time.perf_counter()
+        budget = ecfg.baseline_budget_s
+        self._fit_retrieval(inter, train, valid, ecfg, rng, budget / 2)
+        left = max(budget - (time.perf_counter() - t0), 1.0) if budget > 0 else 0.0
+        self._fit_ranker(inter, train, valid, ecfg, rng, left)
         self._fit_merge(inter, valid, ecfg)
 
     def _fit_stats(self, inter: Interactions, split: Split) -> None:
@@ -138,8 +152,8 @@ class Cascade:
         total = self.item_count.sum()
         self.base_rate = float(self.item_pos.sum() / total) if total else 0.5
 
-    def _fit_retrieval(self, inter, train, valid, ecfg, rng) -> None:
-        dim, n_items = ecfg.baseline_dim, inter.n_items
+    def _fit_retrieval(self, inter, train, valid, ecfg, rng, budget_s: float) -> None:
+        dim, n_items = ecfg.cascade_dim, inter.n_items
         self.retrieval = TwoTower(self._item_encoder(inter, dim), dim)
         opt = torch.optim.Adam(self.retrieval.parameters(), lr=ecfg.baseline_lr)
         freq = np.bincount(inter.item[train], minlength=n_items) / max(len(train), 1)
@@ -168,12 +182,14 @@ class Cascade:
                     for v in np.array_split(valid, max(1, len(valid) // 1024))]
             return select_score(np.concatenate(recs), inter.item[valid], ecfg.select_metric)
 
-        self.fit_log["retrieval"] = fit_early_stopping(
-            self.retrieval, train_epoch, validate, ecfg.baseline_epochs, ecfg.patience, ecfg.select_metric,
-            name=f"{self.name} retrieval").to_dict()
+        fit_log = fit_early_stopping(self.retrieval, train_epoch, validate, baseline_rule(ecfg, budget_s),
+                                     ecfg.select_metric, name=f"{self.name} retrieval")
+        fit_log.describe(count_params(self.retrieval), step_flops(self.retrieval, batch_loss, np.arange(min(
+            batch, len(train)))), len(train), "training event (sampled softmax)")
+        self.fit_log["retrieval"] = fit_log.to_dict()
 
-    def _fit_ranker(self, inter, train, valid, ecfg, rng) -> None:
-        dim = ecfg.baseline_dim
+    def _fit_ranker(self, inter, train, valid, ecfg, rng, budget_s: float) -> None:
+        dim = ecfg.cascade_dim
         self.ranker = DINRanker(self._item_encoder(inter, dim), dim)
         opt = torch.optim.Adam(self.ranker.parameters(), lr=ecfg.baseline_lr)
         batch = ecfg.baseline_batch_size * RANKER_BATCH_FACTOR
@@ -190,9 +206,11 @@ class Cascade:
         def validate() -> float:
             return float(log_loss(self.predict_proba(inter, valid, inter.item[valid]), inter.label[valid]))
 
-        self.fit_log["ranker"] = fit_early_stopping(
-            self.ranker, train_epoch, validate, ecfg.baseline_epochs, ecfg.patience, "logloss",
-            higher_is_better=False, name=f"{self.name} ranker").to_dict()
+        fit_log = fit_early_stopping(self.ranker, train_epoch, validate, baseline_rule(ecfg, budget_s), "logloss",
+                                     higher_is_better=False, name=f"{self.name} ranker")
+        fit_log.describe(count_params(self.ranker), step_flops(self.ranker, batch_loss, np.arange(min(
+            batch, len(train)))), len(train), "labelled training event")
+        self.fit_log["ranker"] = fit_log.to_dict()
 
     def _fit_merge(self, inter, valid, ecfg) -> None:
         """The plain cascade has one retrieval channel: only the candidate count to set."""

@@ -1,8 +1,9 @@
 """What the trained baselines share: config access, item features, mini-batching, and early stopping.
 
-Early stopping is part of the protocol: after every epoch a baseline is scored on the validation targets, the best
-epoch's weights are kept, and training stops after `eval.patience` epochs without improvement. Test numbers then
-come from the best-validation weights, never from the last epoch.
+Early stopping is part of the protocol (`e2erec.eval.stopping`, the one rule every system of a report trains under):
+after every epoch a baseline is scored on the validation targets, the best epoch's weights are kept, and training
+stops after `eval.patience` epochs without improvement, at `eval.baseline_epochs`, or when its time budget is spent.
+Test numbers then come from the best-validation weights, never from the last epoch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from e2erec.data.types import Interactions, Split
 from e2erec.errors import DataError
 from e2erec.eval.config import EvalConfig
 from e2erec.eval.metrics import hit_rate, ndcg, reciprocal_rank, target_ranks
+from e2erec.eval.stopping import FitLog, StoppingRule, training_flops
 
 log = logging.getLogger(__name__)
 
@@ -42,61 +43,67 @@ def select_score(recs: np.ndarray, targets_items: np.ndarray, metric: str) -> fl
     return float(reciprocal_rank(ranks).mean())
 
 
-@dataclass
-class FitLog:
-    """Per-epoch validation scores and training losses of one model; `best_epoch` is 1-based."""
-
-    metric: str
-    higher_is_better: bool
-    valid: list[float] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)  # wall clock per epoch, validation included
-    cpu_seconds: list[float] = field(default_factory=list)  # process CPU time per epoch (robust to a busy machine)
-    best_epoch: int = 0
-
-    def to_dict(self) -> dict:
-        return {"metric": self.metric, "valid": self.valid, "train_loss": self.loss, "epoch_seconds": self.seconds,
-                "epoch_cpu_seconds": self.cpu_seconds,
-                "best_epoch": self.best_epoch}
+def baseline_rule(ecfg: EvalConfig, budget_s: float = 0.0) -> StoppingRule:
+    """The protocol's early-stopping rule for one baseline stage: `eval.patience` epochs without a better validation
+    score, at most `eval.baseline_epochs` epochs, and `budget_s` of wall time (0 = none)."""
+    return StoppingRule(patience=ecfg.patience, max_evals=ecfg.baseline_epochs, time_budget_s=budget_s)
 
 
 def fit_early_stopping(
     module: nn.Module,
     train_epoch: Callable[[int], float],
     validate: Callable[[], float],
-    epochs: int,
-    patience: int,
+    rule: StoppingRule,
     metric: str,
     higher_is_better: bool = True,
     name: str = "",
 ) -> FitLog:
-    """Run epochs until `patience` epochs bring no better validation score, then restore the best weights."""
-    fit_log = FitLog(metric=metric, higher_is_better=higher_is_better)
-    best, best_state, stale = None, None, 0
-    for epoch in range(1, epochs + 1):
+    """Run epochs under `rule` (see `e2erec.eval.stopping`), then restore the best epoch's weights."""
+    fit_log = rule.start(metric, higher_is_better)
+    best_state = None
+    while True:
+        epoch = len(fit_log.valid) + 1
         t0, c0 = time.perf_counter(), time.process_time()
         module.train()
         loss = train_epoch(epoch)
         module.eval()
         with torch.no_grad():
             score = validate()
-        fit_log.loss.append(float(loss))
-        fit_log.valid.append(float(score))
-        fit_log.seconds.append(time.perf_counter() - t0)
-        fit_log.cpu_seconds.append(time.process_time() - c0)
+        if fit_log.record(score, loss, time.perf_counter() - t0, time.process_time() - c0):
+            best_state = copy.deepcopy(module.state_dict())
         log.info("%s epoch %d: loss %.4f, valid %s %.4f (%.1fs, %.1fs CPU)", name, epoch, loss, metric, score,
                  fit_log.seconds[-1], fit_log.cpu_seconds[-1])
-        better = best is None or (score > best if higher_is_better else score < best)
-        if better and np.isfinite(score):
-            best, best_state, stale, fit_log.best_epoch = score, copy.deepcopy(module.state_dict()), 0, epoch
-        else:
-            stale += 1
-            if stale >= patience:
-                break
+        if reason := fit_log.check():
+            log.info("%s: stopped (%s) after %d epochs; keeping epoch %d", name, reason, epoch, fit_log.best_epoch)
+            break
     if best_state is not None:
         module.load_state_dict(best_state)
     module.eval()
     return fit_log
+
+
+def step_flops(module: nn.Module, loss_of: Callable[[np.ndarray], tuple[torch.Tensor, int]], idx: np.ndarray) -> float:
+    """Measured training FLOPs per example of one batch: `loss_of(idx) -> (mean loss, examples)` forward + backward.
+    Gradients are cleared afterwards and the module's mode is restored."""
+    was_training = module.training
+    module.train()
+    examples = []
+
+    def step() -> None:
+        loss, count = loss_of(idx)
+        examples.append(count)
+        loss.backward()
+
+    flops = training_flops(step)
+    module.zero_grad(set_to_none=True)
+    module.train(was_training)
+    return flops / max(int(examples[0]), 1)
+
+
+def count_params(*modules: nn.Module) -> int:
+    """Distinct trainable parameters of `modules` (shared tables counted once)."""
+    seen = {id(p): p for m in modules for p in m.parameters() if p.requires_grad}
+    return sum(p.numel() for p in seen.values())
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator | None = None):
@@ -161,18 +168,27 @@ class ItemEncoder(nn.Module):
         else:
             self.text, self.text_proj = None, None
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """items: int64 of any shape with -1 as padding -> (*items.shape, dim)."""
-        idx = torch.where(items < 0, torch.full_like(items, self.n_items), items)
-        out = self.id(idx)
+    def table(self, ids: torch.Tensor) -> torch.Tensor:
+        """Vectors of item ids in [0, n_items] (n_items = padding, a zero vector): (len(ids), dim)."""
+        out = self.id(ids)
         if self.cat_proj is not None:
-            out = out + self.cat_proj(self.categories[idx])
+            out = out + self.cat_proj(self.categories[ids])
         if self.text_proj is not None:
-            out = out + self.text_proj(self.text[idx])
-        return out * (items >= 0).unsqueeze(-1)
+            out = out + self.text_proj(self.text[ids])
+        return out
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items: int64 of any shape with -1 as padding -> (*items.shape, dim).
+
+        The feature projections run once per distinct item of the call, not once per position: a batch of 2,048
+        histories x 50 events names at most the catalogue, and the plugin's 384-d text projection dominated the
+        ranker's step when it ran per position."""
+        idx = torch.where(items < 0, torch.full_like(items, self.n_items), items)
+        distinct, inverse = torch.unique(idx, return_inverse=True)
+        return self.table(distinct)[inverse]
 
     def all_items(self) -> torch.Tensor:
-        return self.forward(torch.arange(self.n_items))  # (n_items, dim)
+        return self.table(torch.arange(self.n_items))  # (n_items, dim)
 
 
 def seed_everything(seed: int, threads: int) -> np.random.Generator:

@@ -14,11 +14,14 @@ import torch
 from torch import nn
 
 from e2erec.baselines.common import (
+    baseline_rule,
+    count_params,
     eval_config,
     fit_early_stopping,
     seed_everything,
     select_score,
     split_valid_targets,
+    step_flops,
     train_epoch_over,
 )
 from e2erec.data.jagged import newest_first_windows
@@ -89,7 +92,8 @@ class SASRec:
         ecfg = eval_config(cfg)
         rng = seed_everything(ecfg.seed, ecfg.baseline_threads)
         inputs, targets = training_windows(inter, split, ecfg.baseline_max_len)
-        self.net = SASRecNet(inter.n_items, ecfg.baseline_dim, ecfg.baseline_max_len)
+        self.net = SASRecNet(inter.n_items, ecfg.baseline_dim, ecfg.baseline_max_len, n_layers=ecfg.sasrec_layers,
+                             dropout=ecfg.sasrec_dropout)
         opt = torch.optim.Adam(self.net.parameters(), lr=ecfg.baseline_lr)
         valid = split_valid_targets(split)
         cut = int(ecfg.select_metric.partition("@")[2] or ecfg.top_k)
@@ -108,8 +112,11 @@ class SASRec:
             recs = self.recommend(inter, valid, cut)
             return select_score(recs, inter.item[valid], ecfg.select_metric)
 
-        self.fit_log = fit_early_stopping(self.net, train_epoch, validate, ecfg.baseline_epochs, ecfg.patience,
+        self.fit_log = fit_early_stopping(self.net, train_epoch, validate, baseline_rule(ecfg, ecfg.baseline_budget_s),
                                           ecfg.select_metric, name=self.name)
+        first = np.arange(min(ecfg.baseline_batch_size, len(inputs)))
+        self.fit_log.describe(count_params(self.net), step_flops(self.net, batch_loss, first),
+                              int((targets >= 0).sum()), "next-item target (one window position)")
 
     @torch.no_grad()
     def recommend(self, inter: Interactions, targets: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:

@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--systems", default=None,
                         help="comma-separated systems to fit and evaluate (default: eval.baselines from the config)")
     parser.add_argument("--export", action="append", default=[], metavar="DIR",
-                        help="an `e2erec train` export to evaluate beside the baselines, in beam and calibration "
-                             "order (repeatable)")
+                        help="an `e2erec train` export to evaluate beside the baselines, in generation and "
+                             "generation x calibration order (repeatable)")
     parser.add_argument("--out", default=None, help="report folder (default: <run dir>/eval)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.baseline_epochs=5 data=ml-1m")
 
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
         pair, _ = GenerativeSystem.both_orders(export, inter, cfg.eval)
         for system in pair:
+            system.fit(inter, split, cfg)  # the joint order's weight, on validation
             if len(args.export) > 1:  # tell the models apart by their run folder
                 system.name = f"{system.name}:{Path(export).resolve().parent.name}"
         generative += pair

@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", required=True, help="an export folder written by `e2erec train` (<run>/export)")
     parser.add_argument("--users", default="0", help="comma-separated user indices (contiguous ids), or 'all'")
     parser.add_argument("--k", type=int, default=10, help="items per user")
-    parser.add_argument("--rank-by", choices=("calibration", "beam"), default="calibration",
-                        help="order the generated items by the calibration head (default) or by generation score")
+    parser.add_argument("--rank-by", choices=("calibration", "beam", "joint"), default="calibration",
+                        help="order the generated items by the calibration head (default), by generation score, or "
+                             "by log P_gen + log P_calib (joint, w = 1; `e2erec eval` chooses w on validation)")
     parser.add_argument("--json", action="store_true", help="one JSON line per user")
     parser.add_argument("overrides", nargs="*", help="eval.steering.* (and other) overrides for this generation")
 

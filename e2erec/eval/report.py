@@ -187,24 +187,7 @@ def render_markdown(report: dict) -> str:
     if any(c["metric"] in PAIRED_CALIBRATION for c in report["comparisons"]):
         lines += ["", ("Calibration rows: the metric is recomputed for both systems on each resample. Lower is better "
                        "for logloss and ece, so a negative difference there is the row system's advantage.")]
-    lines += ["", "## Training (validation score per epoch; test numbers use the best epoch)", ""]
-    for r in systems:
-        for stage, log in _stage_logs(r["fit_log"]):
-            if "best_epoch" in log:
-                per_epoch = ""
-                if log.get("epoch_seconds"):
-                    per_epoch = f" ({np.mean(log['epoch_seconds']):.1f} s/epoch wall"
-                    per_epoch += f", {np.mean(log['epoch_cpu_seconds']):.1f} s CPU)" if log.get("epoch_cpu_seconds") else ")"
-                lines.append(f"- {r['name']}{stage}: {log['metric']} best at epoch {log['best_epoch']} of "
-                             f"{len(log['valid'])}{per_epoch}: " + ", ".join(f"{v:.4f}" for v in log["valid"]))
-            elif "selected_step" in log:
-                how = (f"the best validation {log['metric']} (train.select=best)" if log["select"] == "best"
-                       else "the last step (train.select=last)")
-                lines.append(f"- {r['name']}: weights of step {log['selected_step']} of {log['trained_steps']}, "
-                             f"{how}")
-            elif "alpha" in log:
-                lines.append(f"- {r['name']}{stage}: channel weight a={log['alpha']}, tau={log['tau']} chosen on "
-                             f"validation {log['metric']}")
+    lines += ["", "## Training", ""] + _training_section(systems)
     lines += ["", "## Time", ""]
     lines += _table(["system", "recommend (s)", "predict_proba (s)"],
                     [[r["name"], f"{r['seconds']['recommend']:.2f}", f"{r['seconds']['predict_proba']:.2f}"]
@@ -252,6 +235,69 @@ def _stage_logs(fit_log: dict | None) -> list[tuple[str, dict]]:
     if ("valid" in fit_log and "metric" in fit_log and "best_epoch" in fit_log) or "selected_step" in fit_log:
         return [("", fit_log)]
     return [(f" ({stage})", log) for stage, log in fit_log.items() if isinstance(log, dict)]
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _training_section(systems: list[dict]) -> list[str]:
+    """One row per trained stage under the protocol's early-stopping rule (`e2erec.eval.stopping`)."""
+    rows, not_converged, rules, extras, seen = [], [], set(), [], {}
+    for r in systems:
+        for stage, log in _stage_logs(r["fit_log"]):
+            name = f"{r['name']}{stage}"
+            if "alpha" in log:
+                extras.append(f"- {name}: channel weight a={log['alpha']}, tau={log['tau']} chosen on validation "
+                              f"{log['metric']}")
+                continue
+            if "joint_weight" in log:
+                extras.append(f"- {name}: weight w={log['joint_weight']:g} of log P_calib chosen on validation "
+                              f"{log['joint_metric']} (" + ", ".join(f"w={w}: {v:.4f}" for w, v in
+                                                                      log["joint_valid"].items()) + ")")
+            if "best_epoch" not in log or not log.get("valid"):
+                if "selected_step" in log:  # an export made before training records existed
+                    rows.append([name, log.get("metric", ""), "—", f"step {log['selected_step']}", "—", "—", "—", "—",
+                                 "—"])
+                continue
+            same = (tuple(log["valid"]), log.get("selected_step"), log.get("wall_s"))
+            if same in seen:  # another order of the same trained model
+                extras.append(f"- {name}: the trained model of {seen[same]} (above), in its own order")
+                continue
+            seen[same] = name
+            reason = log.get("stop_reason") or "—"
+            if reason not in ("converged", "—"):
+                not_converged.append(f"{name} ({reason})")
+            rules.add((log.get("patience"), log.get("unit", "epoch")))
+            n = len(log["valid"])
+            if "selected_step" in log:
+                length = f"{log.get('steps', log.get('trained_steps'))} steps ({log.get('epochs', 0)} epochs)"
+                best = f"step {log['selected_step']} (eval {log['best_epoch']})"
+            else:
+                length, best = f"{n} epochs", f"epoch {log['best_epoch']}"
+            curve = ", ".join(f"{v:.4f}" for v in log["valid"])
+            rows.append([name, log["metric"], length, best, reason, f"{log.get('wall_s', 0.0):.0f}",
+                         f"{log.get('params', 0):,}" if log.get("params") else "—",
+                         _si(log["flops_per_example"]) if log.get("flops_per_example") else "—", curve])
+    if not rows:
+        return ["No training records."]
+    rule = "; ".join(f"{p} evaluations (one per {u})" for p, u in sorted(rules, key=str))
+    lines = [("Every trained stage ran under one early-stopping rule (`e2erec.eval.stopping`): scored on the "
+              f"validation targets after each evaluation interval, stopped after **patience = {rule}** without a "
+              "better score (*converged*), at its epoch/step cap (*max_epochs*, *max_steps*) or its time budget "
+              "(*budget*); test numbers use the kept (best-validation) weights. Metric: each stage's validation "
+              "objective (retrieval: the ranking metric; rankers: LogLoss; e2erec: its validation loss). FLOPs/example: "
+              "training FLOPs (forward + backward) per training example, counted by torch's FLOP counter on one "
+              "batch for the baselines, and by e2erec's `flops_per_token` (tested against the same counter) over "
+              "its training tokens."), ""]
+    lines += _table(["stage", "metric", "trained", "kept", "stop", "wall s", "params", "FLOPs/example",
+                     "validation per evaluation"], rows)
+    lines += [""] + ([f"**Not converged** (stopped before patience ran out): {', '.join(not_converged)}."]
+                     if not_converged else ["Every stage converged."])
+    return lines + ([""] + extras if extras else [])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,7 +377,7 @@ def _plot_history(results: list[dict]) -> bytes:
 def _plot_training(results: list[dict]) -> bytes | None:
     # Retrieval-type scores only (higher is better); the rankers' LogLoss curves are listed in report.md.
     curves = [(f"{r['name']}{stage}", log) for r in results for stage, log in _stage_logs(r["fit_log"])
-              if "best_epoch" in log and log["valid"] and log["metric"] != "logloss"]
+              if "best_epoch" in log and log["valid"] and log.get("higher_is_better", log["metric"] != "logloss")]
     if not curves:
         return None
     plt = _pyplot()

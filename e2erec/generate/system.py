@@ -2,7 +2,12 @@
 
 One model does retrieval and ranking: trie-constrained, steerable beam search over semantic IDs retrieves the top-K
 items of each history, and the calibration head scores them — `P(positive feedback | history, item)` — both to
-order the list (`rank_by="calibration"`) and to answer `predict_proba` for the calibration metrics.
+order the list and to answer `predict_proba` for the calibration metrics. Three orders (`rank_by`):
+
+- ``beam``: the generation log-probability, log P_gen(item | history) (+ steering bonuses): which item comes next;
+- ``joint``: log P_gen(item | history) + w · log P_calib(positive | history, item), the cascade's own rule (the
+  item comes next *and* is liked); w is chosen on the validation targets in `fit` (w = 1 is the cascade's product);
+- ``calibration``: P_calib alone (which retrieved item the user will like); `e2erec generate` shows it.
 """
 
 from __future__ import annotations
@@ -19,25 +24,31 @@ from e2erec.data.types import Interactions, Split
 from e2erec.eval.protocol import target_users
 from e2erec.generate.beam import ItemInfo, constrained_beam_search
 
+RankBy = Literal["beam", "joint", "calibration"]
+# The report's row names, each naming its ordering rule.
+ROW_NAMES = {"beam": "e2erec (generation order)", "joint": "e2erec (generation × calibration)",
+             "calibration": "e2erec (calibration order)"}
+# Weights w of log P_calib in the joint order, chosen on validation; 0 is the generation order itself.
+JOINT_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
 
 class GenerativeSystem:
-    """A trained `GenerativeRecommender` + its semantic IDs, evaluated like any baseline.
+    """A trained `GenerativeRecommender` + its semantic IDs, evaluated like any baseline (orders: module docstring).
+    The report shows the generation and the joint order side by side, so the cost of either is visible."""
 
-    `rank_by="beam"` orders the retrieved items by their generation log-probability (which item comes next);
-    `rank_by="calibration"` re-orders the same top-K by the calibration head (which item the user will like) — the
-    "one model replaces the cascade" arrangement. The report shows both, so the cost of either order is visible.
-    """
-
-    def __init__(self, model, semantic_ids, cfg, *, rank_by: Literal["beam", "calibration"] = "beam",
-                 name: str | None = None, batch_size: int = 128):
+    def __init__(self, model, semantic_ids, cfg, *, rank_by: RankBy = "beam", name: str | None = None,
+                 batch_size: int = 128):
         self.model = model.eval()
         self.sids = semantic_ids
         self.codes = semantic_ids.codes
         self.trie = semantic_ids.trie.to(next(model.parameters()).device)
         self.cfg = cfg
         self.rank_by = rank_by
-        self.name = name or ("e2erec" if rank_by == "beam" else "e2erec_calibrated")
+        if rank_by not in ROW_NAMES:
+            raise ValueError(f"rank_by must be one of {sorted(ROW_NAMES)}, got {rank_by!r}")
+        self.name = name or ROW_NAMES[rank_by]
         self.batch_size = batch_size
+        self.calib_weight = 1.0  # w of the joint order until `fit` chooses it on validation
         self.fit_log: dict | None = None
 
     @classmethod
@@ -57,23 +68,42 @@ class GenerativeSystem:
         inter = inter if inter is not None else load_dataset(cfg.data)
         meta = export_meta(export_dir)
         system = cls(model, SemanticIDs.load(meta["semantic_ids"]["path"], inter), cfg, **kwargs)
-        # Which weights these are, for the report's training section (the baselines report their best epoch).
-        system.fit_log = {"selected_step": meta["step"], "trained_steps": meta.get("trained_steps", meta["step"]),
-                          "select": cfg.train.select, "metric": cfg.train.select_metric}
+        # Which weights these are and how training stopped, for the report's training section.
+        system.fit_log = {**meta.get("fit_log", {}), "selected_step": meta["step"],
+                          "trained_steps": meta.get("trained_steps", meta["step"]), "select": cfg.train.select,
+                          "metric": cfg.train.select_metric}
         return system, inter
 
     @classmethod
     def both_orders(cls, export_dir: str | Path, inter: Interactions | None = None,
                     eval_cfg=None) -> tuple[list[GenerativeSystem], Interactions]:
-        """The export in beam order and in calibration order (what reports show side by side), sharing one loaded
-        model and semantic-ID artifact. Returns ([beam, calibrated], dataset)."""
+        """The export in generation order and in the joint order (what reports show side by side), sharing one
+        loaded model and semantic-ID artifact. Returns ([generation, joint], dataset); call `fit` on the joint one
+        to choose its weight on validation."""
         beam, inter = cls.from_export(export_dir, inter, eval_cfg, rank_by="beam")
-        calibrated = cls(beam.model, beam.sids, beam.cfg, rank_by="calibration")
-        calibrated.fit_log = beam.fit_log
-        return [beam, calibrated], inter
+        joint = cls(beam.model, beam.sids, beam.cfg, rank_by="joint")
+        joint.fit_log = dict(beam.fit_log)
+        return [beam, joint], inter
 
-    def fit(self, inter: Interactions, split: Split, cfg) -> None:
-        """Nothing to do: the model is trained by `e2erec train` (DeepSpeed), not inside the evaluation."""
+    def fit(self, inter: Interactions, split: Split, cfg=None) -> None:
+        """The model is trained by `e2erec train` (DeepSpeed), not here. The joint order's weight w is chosen here,
+        on the validation targets: one beam search and one calibration pass, then every w of `JOINT_WEIGHTS`
+        re-orders the same lists and the best `eval.select_metric` wins (ties: the smaller w)."""
+        if self.rank_by != "joint":
+            return
+        from e2erec.baselines.common import select_score, split_valid_targets
+
+        valid = split_valid_targets(split)
+        metric = self.cfg.eval.select_metric
+        k = int(metric.partition("@")[2] or self.cfg.eval.top_k)
+        items, log_gen, probs = self._search(inter, target_users(inter, valid), valid, max(k, self.cfg.eval.top_k))
+        scores = {}
+        for w in JOINT_WEIGHTS:
+            ranked = self._order(items, log_gen, probs, w)[0][:, :k].numpy()
+            scores[w] = select_score(ranked, np.asarray(inter.item)[valid], metric)
+        self.calib_weight = max(JOINT_WEIGHTS, key=lambda w: (scores[w], -w))
+        self.fit_log = {**(self.fit_log or {}), "joint_weight": self.calib_weight, "joint_metric": metric,
+                        "joint_valid": {str(w): v for w, v in scores.items()}}
 
     def _histories(self, inter: Interactions, targets: np.ndarray):
         return gather_histories(inter, target_users(inter, targets), targets, self.cfg.data.max_seq_len)
@@ -88,15 +118,38 @@ class GenerativeSystem:
     def generate_for(self, inter: Interactions, users: np.ndarray, ends: np.ndarray, k: int,
                      steering=None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items [n, k] (-1 pads) and scores for the histories rows `offsets[u]:ends[u]`, steering applied
-        inside the search. Scores are generation log-probabilities (+ steering bonuses), or calibrated
-        probabilities when `rank_by="calibration"`. `ends = offsets[u + 1]` generates after a user's whole history.
-        """
+        inside the search. Scores: generation log-probabilities (+ steering bonuses) for `rank_by="beam"`, those
+        + w · log P_calib for "joint", calibrated probabilities for "calibration". `ends = offsets[u + 1]`
+        generates after a user's whole history."""
+        items, log_gen, probs = self._search(inter, users, ends, k, steering)
+        items, scores = self._order(items, log_gen, probs, self.calib_weight)
+        return items.numpy(), scores.float().numpy()
+
+    def _order(self, items: torch.Tensor, log_gen: torch.Tensor, probs: torch.Tensor | None,
+               weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items, scores) re-ordered by this system's rule; -1 pads stay last."""
+        if self.rank_by == "beam":
+            return items, log_gen
+        if self.rank_by == "calibration":
+            scores = probs.double()
+        else:
+            scores = log_gen.double() + weight * torch.log(probs.double().clamp_min(1e-12))
+        scores = torch.where(items >= 0, scores, torch.full_like(scores, -np.inf))
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        return items.gather(1, order), scores.gather(1, order)
+
+    @torch.no_grad()
+    def _search(self, inter: Interactions, users: np.ndarray, ends: np.ndarray, k: int,
+                steering=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Beam search for each history: (items [n, k] in generation order, their generation scores, and — unless
+        `rank_by="beam"` — their calibrated probabilities), on the CPU."""
         steering = steering if steering is not None else self.cfg.eval.steering
         info = ItemInfo.from_table(inter.items, self.cfg.eval.long_tail_share)
         beam = max(self.cfg.eval.beam_size, k)
         users, ends = np.asarray(users, dtype=np.int64), np.asarray(ends, dtype=np.int64)
-        out_items = np.full((len(users), k), -1, dtype=np.int64)
-        out_scores = np.full((len(users), k), -np.inf, dtype=np.float32)
+        out_items = torch.full((len(users), k), -1, dtype=torch.int64)
+        out_scores = torch.full((len(users), k), -np.inf, dtype=torch.float32)
+        out_probs = None if self.rank_by == "beam" else torch.zeros((len(users), k), dtype=torch.float32)
         for start in range(0, len(users), self.batch_size):
             u, e = users[start : start + self.batch_size], ends[start : start + self.batch_size]
             histories = gather_histories(inter, u, e, self.cfg.data.max_seq_len)
@@ -109,14 +162,11 @@ class GenerativeSystem:
                 lambda level, prefix, beam_state, step=step: step(level, prefix),
                 self.trie, len(u), beam, k, steering=steering, item_info=info, seen=(seen_offsets, seen_items),
             )
-            if self.rank_by == "calibration":
-                probs = self.model.score_candidates(histories, items.clamp_min(0), self.codes)
-                scores = torch.where(items >= 0, probs.to(scores.device), torch.full_like(scores, -np.inf))
-                order = scores.argsort(dim=1, descending=True, stable=True)
-                items, scores = items.gather(1, order), scores.gather(1, order)
-            out_items[start : start + len(u)] = items.cpu().numpy()
-            out_scores[start : start + len(u)] = scores.float().cpu().numpy()
-        return out_items, out_scores
+            rows = slice(start, start + len(u))
+            out_items[rows], out_scores[rows] = items.cpu(), scores.float().cpu()
+            if out_probs is not None:
+                out_probs[rows] = self.model.score_candidates(histories, items.clamp_min(0), self.codes).float().cpu()
+        return out_items, out_scores, out_probs
 
     def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
         return self.generate(inter, targets, k)[0]

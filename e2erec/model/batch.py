@@ -75,6 +75,7 @@ class ModelBatch:
     offsets: torch.Tensor  # int64 [B+1] over tokens
     max_len: int  # longest sequence in tokens
     codes: torch.Tensor  # int64 [N, L]; rows of BOS tokens are 0 and ignored
+    item: torch.Tensor  # int64 [N]: each token's item id (events and targets); BOS rows are 0 and ignored
     is_bos: torch.Tensor  # bool [N]
     feedback_id: torch.Tensor  # int64 [N]: HIDDEN, or 1 + clamp(round(feedback), 0, num_feedback - 1)
     label_id: torch.Tensor  # int64 [N]: HIDDEN, or 1 + label
@@ -243,6 +244,7 @@ def build_model_batch(
         offsets=tok_offsets,
         max_len=int(seq_len.max()) if B else 0,
         codes=tok_codes,
+        item=tok_item,
         is_bos=is_bos,
         feedback_id=feedback_id,
         label_id=label_id,

@@ -30,6 +30,12 @@ class ModelConfig:
     # The calibration head also reads the candidate item's and the user's smoothed positive rates (model.py);
     # applies to models built with their catalogue size (training, exports), not to benchmarks.
     calibration_priors: bool = True
+    # Item-ID embeddings added to every event and target token beside its semantic-ID code embeddings (applies to
+    # models built with their catalogue size): "none", "full" (one row per item) or "hashed" (item_hash_buckets
+    # rows shared by hash, for catalogues too large for a row each). Semantic-ID papers report that the item's own
+    # identity matters on small catalogues, where codes shared by many items blur it.
+    item_embeddings: Literal["none", "full", "hashed"] = "none"
+    item_hash_buckets: int = 0
     activation_checkpointing: bool = False
     tie_code_embeddings: bool = True
     num_feedback: int = 6  # feedback values 0..num_feedback-1 (MovieLens stars 1-5; implicit data: 1)
@@ -45,6 +51,8 @@ class ModelConfig:
             raise ValueError("num_pos_buckets and num_time_buckets must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.item_embeddings == "hashed" and self.item_hash_buckets < 1:
+            raise ValueError("item_embeddings=hashed needs item_hash_buckets >= 1")
         if self.param_count < 0:
             raise ValueError("param_count must be >= 0 (0 = not documented)")
 

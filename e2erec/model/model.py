@@ -187,6 +187,9 @@ class GenerativeRecommender(nn.Module):
         self.label_emb = nn.Embedding(3, d)
         self.gap_emb = nn.Embedding(cfg.num_time_buckets + 1, d)
         self.bos = nn.Parameter(torch.zeros(d))
+        # Optional item-ID table (cfg.item_embeddings), only for models built with their catalogue size.
+        rows = {"none": 0, "full": num_items, "hashed": cfg.item_hash_buckets}[cfg.item_embeddings] if num_items else 0
+        self.item_emb = nn.Embedding(rows, d) if rows else None
         block = TransformerBlock if cfg.backbone == "transformer" else HSTUBlock
         self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.n_layers))
         self.final_norm = RMSNorm(d)
@@ -232,6 +235,7 @@ class GenerativeRecommender(nn.Module):
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Lookup tables (no matmul FLOPs when read as inputs): code, feedback, label, gap embeddings and BOS."""
         tables = [*self.code_emb, self.feedback_emb, self.label_emb, self.gap_emb]
+        tables += [self.item_emb] if self.item_emb is not None else []
         return [t.weight for t in tables] + [self.bos]
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -262,6 +266,12 @@ class GenerativeRecommender(nn.Module):
         """Token embeddings (N, d): summed per-level code embeddings + feedback + label + time gap; BOS rows = bos."""
         x = sum(table(batch.codes[:, level]) for level, table in enumerate(self.code_emb))
         x = x + self.feedback_emb(batch.feedback_id) + self.label_emb(batch.label_id) + self.gap_emb(batch.gap_id)
+        if self.item_emb is not None:
+            # Hashed: a multiplicative hash spreads consecutive ids (ids are assigned by first appearance) over rows.
+            rows = batch.item
+            if self.cfg.item_embeddings == "hashed":
+                rows = (rows * 2654435761) % self.item_emb.num_embeddings
+            x = x + self.item_emb(rows)
         return torch.where(batch.is_bos[:, None], self.bos.to(x.dtype), x)
 
     def encode(self, batch: ModelBatch) -> torch.Tensor:

@@ -51,6 +51,7 @@ class TrainConfig:
     keep_last: int = 3
     max_bad_steps: int = 10  # NaN/inf losses tolerated (each skipped) before aborting
     num_workers: int = 0
+    threads: int = 0  # torch CPU threads of each rank (0 = the cores per rank); `e2erec run` leaves one to the baselines
     seed: int = 0
     semantic_ids: str = ""  # a saved artifact (`e2erec tokenize`); "" = build it into <run_dir>/semantic_ids once
     resume: str = ""  # "" = fresh run, "auto" = newest checkpoint in <run_dir>/checkpoints if any, or a checkpoint path
@@ -63,6 +64,11 @@ class TrainConfig:
     # eval_every=0 there are no periodic evaluations and "best" is the last step. Scaling-law sweeps keep "last":
     # their fits pair the loss with the tokens trained.
     select: Literal["last", "best"] = "last"
+    # Stop when `eval.patience` periodic evaluations in a row bring no better select_metric: the protocol's
+    # early-stopping rule (e2erec/eval/stopping.py), the one the baselines of a report train under. Acts only with
+    # select=best and eval_every > 0 (a sweep's select=last keeps it off); max_steps caps the run and sets the cosine
+    # schedule's horizon.
+    early_stop: bool = False
     select_metric: str = "eval_loss"  # eval_loss / eval_gen_loss / eval_calib_loss (lower is better), or a metric
     # of the periodic evaluation: sid_recall@10, sid_exact_match (higher is better)
     tensorboard: bool = True
@@ -71,6 +77,8 @@ class TrainConfig:
     peak_tflops: float = 0.0  # per-device peak for MFU (0 = look it up from the GPU name; CPU reports no MFU)
 
     def validate(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = automatic), got {self.threads}")
         if self.grad_accum < 1 or self.batch_tokens < 1:
             raise ValueError("grad_accum and batch_tokens must be >= 1")
         if self.max_steps < 1 and self.max_tokens <= 0 and self.time_budget_s <= 0:

@@ -9,9 +9,11 @@ The model knows nothing about DeepSpeed; the engine wraps it. Every rank runs th
 (the data sampler gives each rank the same number of batches, evaluation pads ranks to the same count), which
 ZeRO-3 requires because each forward gathers parameters collectively.
 
-Stopping: `max_steps`, `max_tokens` (training tokens over all ranks) or `time_budget_s` (wall time summed over
-resumes). SIGTERM/SIGUSR1 (cluster preemption; Slurm: `--signal=B:USR1@T`) set a flag; at the next step boundary
-all ranks agree, checkpoint, and exit with EXIT_PREEMPTED so the sbatch script can requeue
+Stopping: `max_steps`, `max_tokens` (training tokens over all ranks), `time_budget_s` (wall time summed over
+resumes), or with `train.early_stop` the protocol's early-stopping rule (`e2erec.eval.stopping`, the baselines' own):
+`eval.patience` periodic evaluations without a better `select_metric`; final.json's `stop_reason` names which.
+SIGTERM/SIGUSR1 (cluster preemption; Slurm: `--signal=B:USR1@T`) set a flag; at the next step boundary all ranks
+agree, checkpoint, and exit with EXIT_PREEMPTED so the sbatch script can requeue
 (`[ $? -eq 85 ] && scontrol requeue $SLURM_JOB_ID`). A NaN/inf loss on any rank skips the whole optimizer step on
 every rank (parameters and Adam moments untouched) and aborts after `train.max_bad_steps` such steps.
 """
@@ -30,6 +32,7 @@ import torch
 
 from e2erec.config import RunConfig, save_resolved, to_dict
 from e2erec.errors import E2ERecError
+from e2erec.eval.stopping import FitLog, StoppingRule
 from e2erec.train import checkpoint as C
 from e2erec.train import distributed as D
 from e2erec.train.config import SELECT_METRICS
@@ -84,7 +87,9 @@ class Trainer:
         if not on_gpu:
             D.skip_cpu_shm_comm_build()
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            if "OMP_NUM_THREADS" not in os.environ and local_world > 1:
+            if self.tcfg.threads > 0:
+                torch.set_num_threads(self.tcfg.threads)
+            elif "OMP_NUM_THREADS" not in os.environ and local_world > 1:
                 # Ranks on one host split its cores; torch's default (a thread per core in every rank) oversubscribes
                 # (on a busy 2-core machine we measured a tiny-model step at 6 s with 2 threads vs 0.35 s with 1).
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
@@ -110,6 +115,7 @@ class Trainer:
         self.bad_steps = 0
         self.elapsed_prev = 0.0  # wall seconds of earlier segments of this run (before resumes)
         self.n_seqs = 0  # training sequences seen: tokens / n_seqs is the mean sequence length used for FLOPs
+        self.examples = 0  # training targets seen (predicted items + calibration labels), for FLOPs per example
         self._last_saved = -1
         self._t0 = time.time()  # start of this segment of the run (reset by run())
         self._stop_signal: str | None = None  # set by the signal handler on this rank
@@ -119,6 +125,9 @@ class Trainer:
         self.last_eval_step = -1
         self.best: dict[str, Any] | None = None  # {"step", "value"} of the weights in <run_dir>/best (select=best)
         self.calibration: dict[str, Any] | None = None  # the post-hoc Platt scaling fitted when training ends
+        self.fit_log = self._new_fit_log()  # the periodic evaluations under the protocol's early-stopping rule
+        self.stop_reason = ""
+        self._last_loss, self._eval_t = math.nan, time.time()  # for the fit log's per-evaluation entries
 
     # ------------------------------------------------------------------------------------------ bookkeeping
 
@@ -132,6 +141,13 @@ class Trainer:
             limits.append(max(1, math.ceil(self.tcfg.max_tokens / per_step)))
         return min(limits, default=0)
 
+    def _new_fit_log(self) -> FitLog:
+        """The record of the periodic evaluations under the protocol's rule (`eval.patience`); the step and token
+        limits are the engine's own, so the rule's evaluation cap is unbounded here."""
+        rule = StoppingRule(patience=self.cfg.eval.patience, max_evals=2**31 - 1)
+        name = self.tcfg.select_metric
+        return rule.start(name, SELECT_METRICS[name], unit=f"{self.tcfg.eval_every} steps")
+
     def trainer_state(self) -> dict[str, Any]:
         return {
             "step": self.step,
@@ -140,7 +156,9 @@ class Trainer:
             "bad_steps": self.bad_steps,
             "elapsed_s": self.elapsed_prev + time.time() - self._t0,
             "n_seqs": self.n_seqs,
+            "examples": self.examples,
             "best": self.best,
+            "fit_log": self.fit_log.to_dict(),
         }
 
     def resume(self) -> Path | None:
@@ -153,7 +171,10 @@ class Trainer:
         self.epoch = self.sampler.epoch
         self.bad_steps, self.elapsed_prev = state["bad_steps"], state["elapsed_s"]
         self.n_seqs = state["n_seqs"]
+        self.examples = state.get("examples", 0)
         self.best = self._check_best(state.get("best"))
+        if self.best is not None and state.get("fit_log"):  # else the evaluations still to come find the best again
+            self.fit_log = FitLog.from_dict(state["fit_log"])
         self._last_saved = self.step
         return path
 
@@ -197,7 +218,7 @@ class Trainer:
         self.engine.train()
         sums = {"loss": 0.0, "gen_loss": 0.0, "calib_loss": 0.0}
         bad = 0
-        tokens = seqs = 0
+        tokens = seqs = examples = 0
         for micro in range(self.tcfg.grad_accum):
             indices = self._next_indices()
             # Candidate draws depend only on (seed, step, micro, rank): nothing to checkpoint, identical on resume.
@@ -215,12 +236,14 @@ class Trainer:
                 if k in out:
                     sums[k] += float(out[k].detach()) / self.tcfg.grad_accum
             tokens += int(out["n_tokens"]) if "n_tokens" in out else int(batch.n_tokens)
+            examples += int(out["n_gen"]) + int(out["n_calib"]) if "n_gen" in out else 0
             seqs += int(batch.offsets.numel() - 1)
             if micro + 1 < self.tcfg.grad_accum:
                 self.engine.step()  # DeepSpeed only counts the micro-step here; it updates at the boundary
         ws = self.info.world_size
         stop_flag = 1.0 if self._stop_signal else 0.0
-        totals = D.all_sum([float(bad), float(tokens), float(seqs), stop_flag, *sums.values()], self.info.device)
+        totals = D.all_sum([float(bad), float(tokens), float(seqs), stop_flag, float(examples), *sums.values()],
+                           self.info.device)
         any_bad = totals[0] > 0
         # DeepSpeed computes the norm itself except in plain fp32 without ZeRO (where its clipping discards it);
         # there the gradients are already averaged over ranks at this point.
@@ -237,13 +260,14 @@ class Trainer:
         self.step += 1
         self.tokens += int(totals[1])
         self.n_seqs += int(totals[2])
+        self.examples += int(totals[4])
         # Stop only on the agreed flag: a signal landing after the all-reduce is carried into the next step's, so
         # no rank leaves the loop while another waits in a collective.
         self._agreed_stop = totals[3] > 0
         if any_bad:
             self.bad_steps += 1
         grad_norm = own_norm if own_norm is not None else self.engine.get_global_grad_norm()
-        result = {k: v / ws for k, v in zip(sums, totals[4:])}
+        result = {k: v / ws for k, v in zip(sums, totals[5:])}
         result.update(
             tokens=int(totals[1]),
             bad=any_bad,
@@ -300,16 +324,15 @@ class Trainer:
         model = self._inference_model()  # under ZeRO-3 gathered once, for the scores and for <run_dir>/best
         self.last_eval, self.last_eval_step = self.evaluate(self.tcfg.eval_max_targets, model), self.step
         log.log(self.step, _flatten_eval(self.last_eval), kind="eval")
-        if self.tcfg.select != "best":
-            return
         name = self.tcfg.select_metric
         value = self.last_eval.get(name, self.last_eval.get("metrics", {}).get(name))
         if value is None or not math.isfinite(value):
             return
-        if self.best is not None:
-            better = value > self.best["value"] if SELECT_METRICS[name] else value < self.best["value"]
-            if not better:
-                return
+        now = time.time()
+        better = self.fit_log.record(value, self._last_loss, now - self._eval_t)
+        self._eval_t = now
+        if self.tcfg.select != "best" or not better:
+            return
         from e2erec.train.export import export_model
 
         export_model(self, self.run_dir / "best", model.state_dict(), self.step)
@@ -345,18 +368,26 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ the job
 
     def _should_stop(self) -> str | None:
+        """"preempted", "completed" (with `stop_reason`: converged, max_steps, max_tokens or budget) or None."""
         t = self.tcfg
         if self._agreed_stop:
             return "preempted"
-        if t.max_steps > 0 and self.step >= t.max_steps:
-            return "completed"
-        if t.max_tokens > 0 and self.tokens >= t.max_tokens:
-            return "completed"
-        if t.time_budget_s > 0:
+        # Every rank holds the same evaluations (summed over ranks), so they agree without a collective.
+        if (t.early_stop and t.select == "best" and self.fit_log.valid
+                and self.fit_log.stale >= self.fit_log.patience):
+            self.stop_reason = "converged"
+        elif t.max_steps > 0 and self.step >= t.max_steps:
+            self.stop_reason = "max_steps"
+        elif t.max_tokens > 0 and self.tokens >= t.max_tokens:
+            self.stop_reason = "max_tokens"
+        elif t.time_budget_s > 0:
             over = self.elapsed_prev + time.time() - self._t0 >= t.time_budget_s
             # Ranks' clocks differ by a few ms: agree, or one rank would wait in the next collective forever.
             if D.any_rank(over, self.info.device):
-                return "completed"
+                self.stop_reason = "budget"
+        if self.stop_reason:
+            self.fit_log.finish(self.stop_reason, self.elapsed_prev + time.time() - self._t0)
+            return "completed"
         return None
 
     def save(self) -> Path:
@@ -380,10 +411,12 @@ class Trainer:
             log.event(self.step, f"resumed from {resumed}")
         peak = peak_tflops(info.device, t.peak_tflops)
         status = "failed"
+        self._last_loss, self._eval_t = math.nan, time.time()
         window_t, window_tokens = time.time(), 0
         try:
             while not (status := self._should_stop()):
                 r = self.train_step()
+                self._last_loss = r["loss"]
                 window_tokens += r["tokens"]
                 if r["bad"]:
                     log.event(self.step, f"non-finite loss ({r['loss']}): step skipped on all ranks",
@@ -439,18 +472,31 @@ class Trainer:
     def _selected_step(self) -> int:
         return self.best["step"] if self.tcfg.select == "best" and self.best is not None else self.step
 
+    def training_flops(self) -> float:
+        """Training FLOPs so far: the model's `flops_per_token` at the mean training sequence length, times training
+        tokens (6·N·D with N = non-embedding parameters when the model has no formula)."""
+        seq_len = self.tokens / max(self.n_seqs, 1)
+        module = self.engine.module
+        if hasattr(module, "flops_per_token"):
+            return module.flops_per_token(round(seq_len)) * self.tokens
+        return 6.0 * self.n_params_non_emb * self.tokens
+
+    def training_record(self) -> dict[str, Any]:
+        """The periodic evaluations under the early-stopping rule, with what the report's training section shows:
+        parameters and training FLOPs per training target (predicted item or calibration label)."""
+        self.fit_log.describe(self.n_params, self.training_flops() / max(self.examples, 1), 0,
+                              "training target (next item or calibration label)")
+        return {**self.fit_log.to_dict(), "steps": self.step, "epochs": self.epoch,
+                "selected_step": self._selected_step(), "examples": self.examples}
+
     def _write_final(self, status: str, ev: dict[str, Any], error: str | None = None) -> None:
         """`<run_dir>/final.json`, read by the scaling-law sweep. FLOPs: the model's `flops_per_token` (training
         FLOPs, 6·N_dense + attention; see GenerativeRecommender.flops_per_token) at the mean training sequence
         length, times training tokens; 6·N·D with N = non-embedding parameters when the model has no formula."""
         if not self.info.is_main:
             return
+        flops = self.training_flops()
         seq_len = self.tokens / max(self.n_seqs, 1)
-        module = self.engine.module
-        if hasattr(module, "flops_per_token"):
-            flops = module.flops_per_token(round(seq_len)) * self.tokens
-        else:
-            flops = 6.0 * self.n_params_non_emb * self.tokens
         final = {
             "status": status,
             "params": self.n_params,
@@ -460,6 +506,8 @@ class Trainer:
             "flops_formula": "flops_per_token(mean_seq_len) * tokens",
             "mean_seq_len": seq_len,
             "steps": self.step,
+            "stop_reason": self.stop_reason or status,
+            "fit_log": self.training_record(),
             "selected_step": self._selected_step(),  # whose weights eval_loss, metrics and the export are
             "bad_steps": self.bad_steps,
             "eval_loss": ev.get("eval_loss"),

@@ -47,13 +47,16 @@ def export_model(trainer: Trainer, out_dir: Path, state: dict[str, torch.Tensor]
         meta = {
             "format": FORMAT_VERSION,
             "codebook_sizes": list(trainer.task.codebook_sizes),
-            "num_items": int(state["item_count"].numel()) if "item_count" in state else 0,  # calibration counts
+            # The catalogue size the model was built with (its calibration counts, or its item-ID table).
+            "num_items": int(state["item_count"].numel()) if "item_count" in state else (
+                int(state["item_emb.weight"].shape[0]) if "item_emb.weight" in state else 0),
             "semantic_ids": trainer.task.artifact_ref(),
             "data_fingerprint": trainer.task.data_fingerprint,
             "step": step,
             "trained_steps": trainer.step,
             "tokens": trainer.tokens,
             "params": trainer.n_params,
+            "fit_log": trainer.training_record(),  # the evaluations so far under the early-stopping rule
         }
         with atomic_dir(out_dir) as tmp:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": str(FORMAT_VERSION)})

@@ -10,9 +10,10 @@ from e2erec.config import ConfigError
 from e2erec.eval.config import EvalConfig
 from e2erec.eval.metrics import hit_rate, target_ranks
 from e2erec.eval.protocol import Recommender, history_csr
+from e2erec.eval.stopping import STOP_REASONS, StoppingRule
 from e2erec.eval.toy import item_vectors, markov_interactions, toy_split
 
-CFG = EvalConfig(top_k=10, ks=[1, 5, 10], baseline_epochs=3, patience=2, baseline_dim=16, baseline_max_len=8,
+CFG = EvalConfig(top_k=10, ks=[1, 5, 10], baseline_epochs=3, patience=2, baseline_dim=16, cascade_dim=16, baseline_max_len=8,
                  baseline_batch_size=32, baseline_lr=1e-2, baseline_threads=1, cascade_candidates=20,
                  cascade_negatives=32, semantic_candidates=10)
 
@@ -94,12 +95,67 @@ def test_early_stopping_restores_the_best_epoch():
         weights.append(epoch)
         return 1.0 / epoch
 
-    log = fit_early_stopping(module, train_epoch, lambda: next(scores), epochs=5, patience=2, metric="ndcg@10")
+    log = fit_early_stopping(module, train_epoch, lambda: next(scores), StoppingRule(patience=2, max_evals=5),
+                             metric="ndcg@10")
     assert log.best_epoch == 2 and len(log.valid) == 4  # stopped after two epochs without improvement
+    assert log.stop_reason == "converged"
     assert module.weight.item() == 2.0  # the best epoch's weights, not the last epoch's
-    log = fit_early_stopping(module, train_epoch, iter([0.9, 0.5, 0.7]).__next__, epochs=3, patience=5,
+    log = fit_early_stopping(module, train_epoch, iter([0.9, 0.5, 0.7]).__next__, StoppingRule(5, 3),
                              metric="logloss", higher_is_better=False)
     assert log.best_epoch == 2 and module.weight.item() == 2.0
+    assert log.stop_reason == "max_epochs"  # still within patience when the cap came: not converged
+    log = fit_early_stopping(module, train_epoch, lambda: 0.5, StoppingRule(5, 100, time_budget_s=1e-9),
+                             metric="ndcg@10")
+    assert log.stop_reason == "budget" and len(log.valid) == 1
+
+
+def test_every_baseline_records_its_stop_under_the_one_rule(toy):
+    """The shared rule object: every trained stage's fit log names its stop reason, best epoch, patience, measured
+    FLOPs per example and parameter count (what the report's training section prints)."""
+    inter, split = toy
+    stages = []
+    for name in ("sasrec", "cascade", "plugin_cascade"):
+        system = build_baseline(name, **({"item_text": item_vectors(inter)} if name == "plugin_cascade" else {}))
+        system.fit(inter, split, CFG)
+        logs = system.fit_log.to_dict() if hasattr(system.fit_log, "to_dict") else system.fit_log
+        logs = {"": logs} if "best_epoch" in logs else {k: v for k, v in logs.items() if "best_epoch" in v}
+        stages += [(f"{name}{k}", v) for k, v in logs.items()]
+    assert len(stages) == 5  # sasrec, and retrieval + ranker of both cascades
+    for stage, log in stages:
+        assert log["stop_reason"] in STOP_REASONS, stage
+        assert 1 <= log["best_epoch"] <= len(log["valid"]) <= CFG.baseline_epochs, stage
+        assert log["patience"] == CFG.patience and log["max_evals"] == CFG.baseline_epochs, stage
+        assert log["params"] > 0 and log["flops_per_example"] > 0 and log["wall_s"] > 0, stage
+        if log["stop_reason"] == "converged":
+            assert len(log["valid"]) - log["best_epoch"] == CFG.patience, stage
+
+
+def test_din_attention_factorisation_equals_the_concatenated_form(toy):
+    """DINRanker.logits computes the attention MLP's first layer on [h, t, h - t, h * t] by parts; the result must
+    be the plain concatenated form's."""
+    from e2erec.baselines.cascade import DINRanker, _masked_mean
+    from e2erec.baselines.common import ItemEncoder, category_matrix
+
+    inter, _ = toy
+    torch.manual_seed(0)
+    ranker = DINRanker(ItemEncoder(inter.n_items, 8, category_matrix(inter)), 8)
+    hist = torch.randint(-1, inter.n_items, (5, 7))
+    labels = torch.randint(0, 2, (5, 7))
+    item = torch.randint(0, inter.n_items, (5, 3))
+    item_rate, user_rate = torch.randn(5, 3), torch.randn(5)
+    got = ranker.logits(hist, labels, item, item_rate, user_rate)
+
+    valid = (hist >= 0).unsqueeze(1).unsqueeze(-1)
+    h = ranker.items(hist) + ranker.feedback(labels.clamp(0, 1)) * (hist >= 0).unsqueeze(-1)
+    t = ranker.items(item)
+    hb = h.unsqueeze(1).expand(-1, 3, -1, -1)
+    tb = t.unsqueeze(2).expand_as(hb)
+    w = ranker.att(torch.cat([hb, tb, hb - tb, hb * tb], dim=-1)) * valid
+    pooled = (w * hb).sum(2)
+    mean = _masked_mean(h, hist >= 0).unsqueeze(1).expand(-1, 3, -1)
+    dense = torch.stack([item_rate, user_rate.unsqueeze(1).expand(-1, 3)], dim=-1)
+    want = ranker.head(torch.cat([pooled, t, pooled * t, mean, dense], dim=-1)).squeeze(-1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_system_is_a_config_error():

@@ -126,3 +126,25 @@ def test_eval_command_on_movielens(ml100k, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "e2erec.cli", "eval", "--systems", "popularity,sasrek"],
                          check=False, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "did you mean 'sasrec'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_training_section_names_every_stop_and_what_did_not_converge():
+    from e2erec.eval.report import _training_section
+    from e2erec.eval.stopping import StoppingRule
+
+    rule = StoppingRule(patience=2, max_evals=10, time_budget_s=5.0)
+    sasrec = rule.start("ndcg@10", True)
+    for v in (0.1, 0.2, 0.15, 0.12):
+        sasrec.record(v)
+    sasrec.check(elapsed_s=1.0)
+    sasrec.describe(1000, 2.5e6, 50, "next-item target")
+    ranker = rule.start("logloss", False)
+    ranker.record(0.6)
+    ranker.check(elapsed_s=6.0)
+    systems = [{"name": "sasrec", "fit_log": sasrec.to_dict()},
+               {"name": "cascade", "fit_log": {"retrieval": sasrec.to_dict(), "ranker": ranker.to_dict()}}]
+    md = "\n".join(_training_section(systems))
+    assert "| sasrec | ndcg@10 | 4 epochs | epoch 2 | converged | 1 | 1,000 | 2.5M | 0.1000, 0.2000, 0.1500, 0.1200 |" in md
+    assert "| cascade (ranker) | logloss | 1 epochs | epoch 1 | budget |" in md
+    assert "**Not converged** (stopped before patience ran out): cascade (ranker) (budget)." in md
+    assert "patience = 2 evaluations (one per epoch)" in md

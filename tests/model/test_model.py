@@ -241,3 +241,30 @@ def test_prior_features_are_smoothed_rates_without_the_targets_own_label():
     off = dataclasses.replace(cfg, calibration_priors=False)
     assert GenerativeRecommender(off, SIZES, num_items=6).calib_mlp[0].in_features == 32
     assert model.calib_mlp[0].in_features == 34
+
+
+@pytest.mark.parametrize("kind", ["full", "hashed"])
+def test_item_id_embeddings_tell_apart_items_that_share_their_codes(kind):
+    """model.item_embeddings adds a per-item (or per-hash-bucket) row to each token: two items with the same semantic
+    ID embed differently, the table is a lookup table (not counted in non-embedding parameters), and "none" adds
+    nothing."""
+    codes = random_codes(40, SIZES, seed=0)
+    codes[7] = codes[3]  # items 3 and 7 share their semantic ID
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, calibration_hidden=16, item_embeddings=kind,
+                      item_hash_buckets=16 if kind == "hashed" else 0)
+    model = GenerativeRecommender(cfg, SIZES, num_items=40).eval()
+    plain = GenerativeRecommender(dataclasses.replace(cfg, item_embeddings="none"), SIZES, num_items=40)
+    assert model.item_emb.num_embeddings == (40 if kind == "full" else 16) and plain.item_emb is None
+    assert model.num_params(non_embedding=True) == plain.num_params(non_embedding=True)
+    plain.load_state_dict(model.state_dict(), strict=False)  # the same weights, less the item table
+    ev = random_events([2, 2], n_items=40, seed=0)
+    ev.item[:] = torch.as_tensor([3, 3, 7, 7], dtype=ev.item.dtype) if torch.is_tensor(ev.item) else [3, 3, 7, 7]
+    batch = build_model_batch(ev, codes, num_candidates=0)
+    added = model.embed(batch) - plain.embed(batch)
+    first, second = int(batch.offsets[0]) + 1, int(batch.offsets[1]) + 1  # each sequence's first event token
+    assert torch.equal(batch.codes[first], batch.codes[second])
+    rows = torch.tensor([3, 7]) if kind == "full" else (torch.tensor([3, 7]) * 2654435761) % 16
+    torch.testing.assert_close(added[[first, second]], model.item_emb.weight[rows])
+    assert rows[0] != rows[1] and not torch.allclose(added[first], added[second])
+    assert torch.isfinite(model(build_model_batch(random_events([5, 3], n_items=40), codes, num_candidates=2))["loss"])

@@ -206,3 +206,33 @@ def test_select_best_ends_with_the_best_evaluated_weights(dist_info, sids_dir, t
     assert tr._check_best({"step": 4, "value": 1.0}) == {"step": 4, "value": 1.0}
     assert tr._check_best({"step": 2, "value": 3.0}) is None
 
+
+
+def test_early_stop_converges_under_the_protocols_rule(dist_info, sids_dir, tmp_path):
+    """train.early_stop: the run stops once eval.patience periodic evaluations bring no better score (the rule the
+    baselines follow), ends with the best weights, and final.json and the export record why it stopped. Scores are
+    scripted (3.0, 1.0, 2.0, 1.5 at steps 2, 4, 6, 8) so that with patience 2 the run must stop at step 8 of 100."""
+    run_dir = tmp_path / "early"
+    tr = make_trainer(dist_info, run_dir, sids_dir, "train.select=best", "train.early_stop=true", "eval.patience=2",
+                      "train.eval_every=2", "train.max_steps=100", "train.eval_max_targets=32",
+                      "train.calibration_targets=0")
+    scripted = [3.0, 1.0, 2.0, 1.5, 0.5]
+    summarize = tr.task.summarize_eval
+
+    def summarize_scripted(sums):
+        out = summarize(sums)
+        if scripted:
+            out["eval_loss"] = scripted.pop(0)
+        return out
+
+    tr.task.summarize_eval = summarize_scripted
+    assert tr.run() == 0
+    from e2erec.train.export import export_meta
+
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["status"] == "completed" and final["stop_reason"] == "converged"
+    assert final["steps"] == 8 and final["selected_step"] == 4
+    log = export_meta(run_dir / "export")["fit_log"]
+    assert log["stop_reason"] == "converged" and log["best_epoch"] == 2 and log["patience"] == 2
+    assert log["valid"][:4] == [3.0, 1.0, 2.0, 1.5] and log["selected_step"] == 4
+    assert log["params"] == tr.n_params and log["flops_per_example"] > 0
