@@ -2,6 +2,7 @@
 
     python scripts/tune_baselines.py                          # ml-100k, SASRec and cascade grids, 2 lanes
     python scripts/tune_baselines.py --only sasrec --lanes 1
+    python scripts/tune_baselines.py --only sasrec --grid baseline_lr=2e-3,4e-3 sasrec_layers=1,2,3
 
 Every grid point is a full fit under the protocol's early-stopping rule (`eval.patience` epochs, at most
 `eval.baseline_epochs`), scored on the validation targets only — the test targets are never read — with the same
@@ -61,14 +62,25 @@ def _point(job: tuple[str, str, list[str], dict]) -> dict:
     return row
 
 
+def _number(text: str) -> int | float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="default", help="run config (its data and eval sections)")
     p.add_argument("--only", choices=sorted(GRIDS), default=None)
+    p.add_argument("--grid", nargs="*", default=[], metavar="KEY=V1,V2",
+                   help="replace the grid of --only's system with these eval keys and values")
     p.add_argument("--lanes", type=int, default=2, help="parallel single-threaded fits (default 2)")
     p.add_argument("--out", default="bench_out")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every point")
     args = p.parse_args()
+    if args.grid:
+        if not args.only:
+            p.error("--grid needs --only")
+        GRIDS[args.only] = {k: [_number(v) for v in vs.split(",")]
+                            for k, vs in (item.split("=", 1) for item in args.grid)}
     jobs = []
     for name, grid in GRIDS.items():
         if args.only and name != args.only:

@@ -49,7 +49,14 @@ from e2erec.baselines.common import (
 )
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.metrics import log_loss
-from e2erec.eval.protocol import item_feedback_counts, mask_history, padded_histories, top_k, training_targets
+from e2erec.eval.protocol import (
+    item_feedback_counts,
+    mask_history,
+    padded_histories,
+    target_chunks,
+    top_k,
+    training_targets,
+)
 from e2erec.model.model import smoothed_rate_logit
 
 RANKER_BATCH_FACTOR = 16  # the ranker scores single events, so it takes 16x the sequence batch per step
@@ -179,7 +186,7 @@ class Cascade:
 
         def validate() -> float:
             recs = [top_k(mask_history(self._retrieval_log_probs(inter, v), inter, v), cut)
-                    for v in np.array_split(valid, max(1, len(valid) // 1024))]
+                    for v in target_chunks(valid, inter.n_items, cap=1024)]
             return select_score(np.concatenate(recs), inter.item[valid], ecfg.select_metric)
 
         fit_log = fit_early_stopping(self.retrieval, train_epoch, validate, baseline_rule(ecfg, budget_s),
@@ -256,14 +263,14 @@ class Cascade:
         return cand, np.where(cand >= 0, np.take_along_axis(lp, np.maximum(cand, 0), axis=1), -np.inf)
 
     @torch.no_grad()
-    def recommend(self, inter: Interactions, targets: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
         if self.ranker is None:
             raise RuntimeError(f"{type(self).__name__}.recommend called before fit")
         self.retrieval.eval()
         self.ranker.eval()
         out = []
-        for start in tqdm(range(0, len(targets), chunk), desc=f"{self.name} recommend", leave=False, disable=None):
-            t = targets[start : start + chunk]
+        chunks = list(target_chunks(np.asarray(targets), inter.n_items, cap=256))
+        for t in tqdm(chunks, desc=f"{self.name} recommend", leave=False, disable=None):
             cand, retrieval_lp = self._candidates(inter, t)
             p = self._proba(inter, t, np.maximum(cand, 0))
             score = np.where(cand >= 0, retrieval_lp + np.log(np.maximum(p, 1e-12)), -np.inf)
@@ -324,7 +331,7 @@ class PluginCascade(Cascade):
         return cand, self._mixture(cand, lp_tt, cos, self.alpha, self.tau)
 
     @torch.no_grad()
-    def _fit_merge(self, inter, valid, ecfg, chunk: int = 256) -> None:
+    def _fit_merge(self, inter, valid, ecfg) -> None:
         """Choose the channel weight and temperature on the validation targets (both stages are fixed by now).
 
         The candidate union does not depend on (alpha, tau): ranking by cosine is the same at every temperature.
@@ -335,8 +342,7 @@ class PluginCascade(Cascade):
         cut = int(ecfg.select_metric.partition("@")[2] or ecfg.top_k)
         grid = [(a, tau) for tau in self.TAUS for a in self.ALPHAS if a < 1.0 or tau == self.TAUS[0]]
         recs: dict[tuple[float, float], list[np.ndarray]] = {g: [] for g in grid}
-        for start in range(0, len(valid), chunk):
-            v = valid[start : start + chunk]
+        for v in target_chunks(np.asarray(valid), inter.n_items, cap=256):
             cand, lp_tt, cos = self._channels(inter, v)
             log_p = np.log(np.maximum(self._proba(inter, v, np.maximum(cand, 0)), 1e-12))
             for alpha, tau in grid:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from e2erec.data.types import Interactions, Split
-from e2erec.eval.protocol import mask_history, top_k, training_targets
+from e2erec.eval.protocol import mask_history, target_chunks, top_k, training_targets
 
 
 class Popularity:
@@ -23,8 +23,9 @@ class Popularity:
     def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
         if self.counts is None:
             raise RuntimeError("Popularity.recommend called before fit")
-        scores = np.tile(self.counts, (len(targets), 1))  # (n_targets, n_items)
-        return top_k(mask_history(scores, inter, targets), k)
+        out = [top_k(mask_history(np.tile(self.counts, (len(t), 1)), inter, t), k)  # (chunk, n_items) at a time
+               for t in target_chunks(np.asarray(targets), inter.n_items)]
+        return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
     def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> None:
         return None

@@ -26,7 +26,7 @@ from e2erec.baselines.common import (
 )
 from e2erec.data.jagged import newest_first_windows
 from e2erec.data.types import Interactions, Split
-from e2erec.eval.protocol import mask_history, padded_histories, top_k
+from e2erec.eval.protocol import mask_history, padded_histories, target_chunks, top_k
 
 
 class SASRecNet(nn.Module):
@@ -119,13 +119,12 @@ class SASRec:
                               int((targets >= 0).sum()), "next-item target (one window position)")
 
     @torch.no_grad()
-    def recommend(self, inter: Interactions, targets: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
         if self.net is None:
             raise RuntimeError("SASRec.recommend called before fit")
         self.net.eval()
         out = []
-        for start in range(0, len(targets), chunk):
-            t = targets[start : start + chunk]
+        for t in target_chunks(np.asarray(targets), inter.n_items, cap=1024):
             hist, _, _ = padded_histories(inter, t, self.net.max_len)
             scores = self.net.scores(torch.from_numpy(hist)).numpy().astype(np.float64)
             out.append(top_k(mask_history(scores, inter, t), k))

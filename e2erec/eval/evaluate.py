@@ -14,7 +14,7 @@ import numpy as np
 from e2erec.data.types import Interactions, Split
 from e2erec.eval import metrics as M
 from e2erec.eval.config import EvalConfig
-from e2erec.eval.protocol import Recommender, mask_history, target_users, top_k
+from e2erec.eval.protocol import Recommender, mask_history, target_chunks, target_users, top_k
 
 HISTORY_BUCKETS = (1, 6, 11, 21, 51, 101, 201)  # lower edges of the history-length buckets (events before target)
 HEADLINE = "ndcg@10"
@@ -48,7 +48,7 @@ class Context:
             "long_tail_target (test item outside the head)": ~self.head[self.items],
         }
         self.bucket = np.searchsorted(np.array(HISTORY_BUCKETS), self.history_len, side="right") - 1
-        self.boot = M.bootstrap_weights(self.users, cfg.bootstrap, cfg.seed) if cfg.bootstrap > 0 else None
+        self.boot = M.UserBootstrap(self.users, cfg.bootstrap, cfg.seed) if cfg.bootstrap > 0 else None
         self.k = max(cfg.top_k, max(cfg.ks))
         self.planted_top = self._planted_top(10)
 
@@ -59,8 +59,7 @@ class Context:
         from e2erec.data.synthetic import planted_next_item_probs
 
         out = []
-        for chunk in np.array_split(np.arange(len(self.targets)), max(1, len(self.targets) // 2048)):
-            t = self.targets[chunk]
+        for t in target_chunks(self.targets, self.inter.n_items, cap=2048):
             scores = planted_next_item_probs(self.inter, t).astype(np.float64)
             out.append(top_k(mask_history(scores, self.inter, t), k))
         return np.concatenate(out)
@@ -80,10 +79,11 @@ class Context:
         }
 
 
-def _ranking_block(per_event: dict[str, np.ndarray], mask: np.ndarray | None, boot: np.ndarray | None) -> dict:
-    sel = slice(None) if mask is None else mask
-    w = None if boot is None else boot[:, sel]
-    return {name: M.mean_with_ci(v[sel], w) for name, v in per_event.items()}
+def _ranking_block(per_event: dict[str, np.ndarray], mask: np.ndarray | None, boot: M.UserBootstrap | None) -> dict:
+    if mask is None:
+        return {name: M.mean_with_ci(v, boot) for name, v in per_event.items()}
+    sub = None if boot is None else boot.subset(mask)
+    return {name: M.mean_with_ci(v[mask], sub) for name, v in per_event.items()}
 
 
 def evaluate_system(system: Recommender, ctx: Context) -> dict:
@@ -142,7 +142,7 @@ def evaluate_system(system: Recommender, ctx: Context) -> dict:
     }
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, boot: np.ndarray | None) -> dict[str, float]:
+def paired_difference(a: np.ndarray, b: np.ndarray, boot: M.UserBootstrap | None) -> dict[str, float]:
     """Mean of a - b over the same targets with a bootstrap interval from the same user resamples."""
     return M.mean_with_ci(np.asarray(a) - np.asarray(b), boot)
 

@@ -116,15 +116,31 @@ def auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = Non
 
 
 def per_user_auc(scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """AUC of each user with both classes: (user ids, their AUCs, their event counts)."""
+    """AUC of each user with both classes: (user ids, their AUCs, their event counts). One sort by (user, score),
+    O(n log n): within a user, a positive's rank term is the negatives below its score plus half those tied."""
+    scores = np.asarray(scores, dtype=np.float64)
     users = np.asarray(users)
     labels = np.asarray(labels).astype(bool)
     uniq, inverse = np.unique(users, return_inverse=True)
     n_pos = np.bincount(inverse, weights=labels, minlength=len(uniq))
     n_all = np.bincount(inverse, minlength=len(uniq))
     mixed = (n_pos > 0) & (n_pos < n_all)
-    aucs = np.array([auc(scores[inverse == u], labels[inverse == u]) for u in np.flatnonzero(mixed)])
-    return uniq[mixed], aucs.reshape(-1), n_all[mixed].astype(np.float64)
+    order = np.lexsort((scores, inverse))
+    u, s, y = inverse[order], scores[order], labels[order]
+    # Tie groups: runs of equal (user, score); negatives before each group within its user, and in it.
+    new_group = np.ones(len(s), dtype=bool)
+    new_group[1:] = (u[1:] != u[:-1]) | (s[1:] != s[:-1])
+    group = np.cumsum(new_group) - 1
+    neg_in_group = np.bincount(group, weights=~y)
+    neg_cum = np.cumsum(~y) - ~y  # negatives before each event overall
+    user_start = np.searchsorted(u, u, side="left")
+    group_start = np.flatnonzero(new_group)[group]
+    below = neg_cum[group_start] - neg_cum[user_start]  # negatives of the same user with a lower score
+    term = np.where(y, below + 0.5 * neg_in_group[group], 0.0)
+    num = np.bincount(u, weights=term, minlength=len(uniq))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        aucs = num / (n_pos * (n_all - n_pos))
+    return uniq[mixed], aucs[mixed], n_all[mixed].astype(np.float64)
 
 
 def gauc(scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> tuple[float, int]:
@@ -228,22 +244,64 @@ def novelty(recs: np.ndarray, popularity: np.ndarray) -> np.ndarray:
 # bootstrap over users
 
 
-def bootstrap_weights(users: np.ndarray, n_resamples: int, seed: int = 0) -> np.ndarray:
-    """Per-event weights [n_resamples, n_events]: the multiplicity of the event's user in each user resample."""
-    uniq, inverse = np.unique(np.asarray(users), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=n_resamples)  # (B, n_users)
-    return counts[:, inverse].astype(np.float64)  # (B, n_events)
+class UserBootstrap:
+    """Resamples of the test users with replacement: `counts` [resamples, users] is each user's multiplicity.
+
+    Memory grows with resamples x users, never resamples x events: a mean over events is a ratio of per-user sums
+    (`means`); a metric that needs per-event weights (AUC, ECE, ...) gets them a chunk of resamples at a time
+    (`event_weights`, at most `chunk_elements` weights in memory). Every system of a report shares one instance, so
+    differences between systems are paired (the same users in each resample)."""
+
+    def __init__(self, users: np.ndarray, n_resamples: int, seed: int = 0, chunk_elements: int = 1 << 24):
+        self.users, self.inverse = np.unique(np.asarray(users), return_inverse=True)
+        rng = np.random.default_rng(seed)
+        n = len(self.users)
+        self.counts = (rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples) if n else
+                       np.zeros((n_resamples, 0))).astype(np.float64)
+        self.chunk_elements = chunk_elements
+
+    @property
+    def n_resamples(self) -> int:
+        return self.counts.shape[0]
+
+    def subset(self, mask: np.ndarray) -> UserBootstrap:
+        """The same resamples over the events in `mask` (a segment of the targets)."""
+        out = object.__new__(UserBootstrap)
+        out.users, out.counts, out.chunk_elements = self.users, self.counts, self.chunk_elements
+        out.inverse = self.inverse[mask]
+        return out
+
+    def means(self, values: np.ndarray) -> np.ndarray:
+        """Mean of per-event `values` under each resample [resamples] (NaN where a resample holds none of them)."""
+        per_user = np.bincount(self.inverse, weights=values, minlength=len(self.users))
+        events = np.bincount(self.inverse, minlength=len(self.users)).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (self.counts @ per_user) / (self.counts @ events)
+
+    def event_weights(self):
+        """Per-event weights [chunk, n_events] (the event's user multiplicity), chunk after chunk of resamples."""
+        step = max(1, self.chunk_elements // max(len(self.inverse), 1))
+        for start in range(0, self.n_resamples, step):
+            yield self.counts[start:start + step][:, self.inverse]
+
+    def apply(self, fn) -> np.ndarray:
+        """fn(weights [chunk, n_events]) -> [chunk], over every resample: [resamples]."""
+        if self.n_resamples == 0:
+            return np.zeros(0)
+        return np.concatenate([np.atleast_1d(fn(w)) for w in self.event_weights()])
+
+    def user_multiplicity(self, user_ids: np.ndarray) -> np.ndarray:
+        """[resamples, len(user_ids)]: the multiplicity of each of these (test) users."""
+        return self.counts[:, np.searchsorted(self.users, user_ids)]
 
 
-def mean_with_ci(values: np.ndarray, weights: np.ndarray | None, level: float = 0.95) -> dict[str, float]:
-    """Mean of per-event values with a percentile bootstrap interval from `weights` [B, n] (None: no interval)."""
+def mean_with_ci(values: np.ndarray, boot: UserBootstrap | None, level: float = 0.95) -> dict[str, float]:
+    """Mean of per-event values with a percentile bootstrap interval from `boot` (None: no interval)."""
     values = np.asarray(values, dtype=np.float64)
     point = float(values.mean()) if len(values) else float("nan")
-    if weights is None or weights.shape[0] == 0 or len(values) == 0:
+    if boot is None or boot.n_resamples == 0 or len(values) == 0:
         return {"value": point, "lo": float("nan"), "hi": float("nan")}
-    samples = (weights @ values) / np.maximum(weights.sum(axis=1), 1e-12)
-    return interval(point, samples, level)
+    return interval(point, boot.means(values), level)
 
 
 def interval(point: float, samples: np.ndarray, level: float = 0.95) -> dict[str, float]:
@@ -257,7 +315,7 @@ def interval(point: float, samples: np.ndarray, level: float = 0.95) -> dict[str
 
 
 def calibration_samples(
-    p: np.ndarray, y: np.ndarray, bins: int = 15, boot: np.ndarray | None = None
+    p: np.ndarray, y: np.ndarray, bins: int = 15, boot: UserBootstrap | None = None
 ) -> dict[str, tuple[float, np.ndarray]]:
     """(point value, value under each resample in `boot`; empty without it) of AUC, LogLoss, NE, ECE and the
     calibration ratio. Differences of two systems' samples are paired comparisons (same users in each resample)."""
@@ -265,34 +323,33 @@ def calibration_samples(
     y = np.asarray(y, dtype=np.float64)
     fns = {"auc": auc, "logloss": log_loss, "ne": normalized_entropy, "ece": lambda p, y, w=None: ece(p, y, bins, w),
            "calibration_ratio": calibration_ratio}
-    return {name: (float(fn(p, y)), np.asarray(fn(p, y, boot)) if boot is not None else np.zeros(0))
+    return {name: (float(fn(p, y)), boot.apply(lambda w, fn=fn: fn(p, y, w)) if boot is not None else np.zeros(0))
             for name, fn in fns.items()}
 
 
 def calibration_metrics(
-    p: np.ndarray, y: np.ndarray, users: np.ndarray, bins: int = 15, boot: np.ndarray | None = None,
+    p: np.ndarray, y: np.ndarray, users: np.ndarray, bins: int = 15, boot: UserBootstrap | None = None,
     samples: dict[str, tuple[float, np.ndarray]] | None = None,
 ) -> dict[str, dict[str, float] | int]:
-    """AUC, GAUC, LogLoss, NE, ECE and calibration ratio, each as {value, lo, hi}; `boot` from bootstrap_weights.
-    `samples`: `calibration_samples(p, y, bins, boot)` when the caller already has them."""
+    """AUC, GAUC, LogLoss, NE, ECE and calibration ratio, each as {value, lo, hi}; `boot` a `UserBootstrap` over
+    `users`. `samples`: `calibration_samples(p, y, bins, boot)` when the caller already has them."""
     if samples is None:
         samples = calibration_samples(p, y, bins, boot)
     out: dict[str, dict[str, float] | int] = {name: interval(point, s) for name, (point, s) in samples.items()}
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    value, skipped = gauc(p, y, users)
-    out["gauc"] = interval(value, _gauc_bootstrap(p, y, users, boot) if boot is not None else [])
-    out["gauc_users_skipped"] = skipped
-    out["gauc_users_used"] = int(len(np.unique(users)) - skipped)
+    ids, aucs, counts = per_user_auc(p, y, users)
+    value = float(np.sum(aucs * counts) / counts.sum()) if len(aucs) else float("nan")
+    out["gauc"] = interval(value, _gauc_bootstrap(ids, aucs, counts, boot) if boot is not None else [])
+    out["gauc_users_used"] = len(ids)
+    out["gauc_users_skipped"] = len(np.unique(users)) - len(ids)
     return out
 
 
-def _gauc_bootstrap(p: np.ndarray, y: np.ndarray, users: np.ndarray, boot: np.ndarray) -> np.ndarray:
+def _gauc_bootstrap(ids: np.ndarray, aucs: np.ndarray, counts: np.ndarray, boot: UserBootstrap) -> np.ndarray:
     """GAUC under each user resample: per-user AUCs are fixed, only the users' multiplicities change."""
-    ids, aucs, counts = per_user_auc(p, y, users)
     if len(ids) == 0:
-        return np.full(boot.shape[0], np.nan)
-    first = {u: i for i, u in reversed(list(enumerate(np.asarray(users))))}
-    mult = boot[:, [first[u] for u in ids]]  # (B, n_mixed_users): each user's multiplicity
+        return np.full(boot.n_resamples, np.nan)
+    mult = boot.user_multiplicity(ids)  # (B, n_mixed_users)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (mult * counts * aucs).sum(axis=1) / (mult * counts).sum(axis=1)
+        return (mult @ (counts * aucs)) / (mult @ counts)

@@ -64,6 +64,20 @@ def history_csr(inter: Interactions, targets: np.ndarray) -> tuple[np.ndarray, n
     return rows, inter.item[np.arange(lengths.sum()) + first]
 
 
+# Scores held at once when a system scores the whole catalogue for a chunk of targets: 2^24 float64 = 128 MiB, so
+# evaluation memory is bounded by a chunk, not by targets x items (a 1M-item catalogue: 16 targets a chunk).
+SCORE_ELEMENTS = 1 << 24
+
+
+def target_chunks(targets: np.ndarray, n_items: int, cap: int = 0, max_elements: int = SCORE_ELEMENTS):
+    """Consecutive slices of `targets` whose [chunk, n_items] score tables hold at most `max_elements` (and at most
+    `cap` targets when cap > 0)."""
+    step = max(1, max_elements // max(n_items, 1))
+    step = min(step, cap) if cap > 0 else step
+    for start in range(0, len(targets), step):
+        yield targets[start:start + step]
+
+
 def mask_history(scores: np.ndarray, inter: Interactions, targets: np.ndarray) -> np.ndarray:
     """Set the scores [n_targets, n_items] of items already in each target's history to -inf, in place."""
     rows, items = history_csr(inter, targets)

@@ -263,7 +263,7 @@ def _training_section(systems: list[dict]) -> list[str]:
                     rows.append([name, log.get("metric", ""), "—", f"step {log['selected_step']}", "—", "—", "—", "—",
                                  "—"])
                 continue
-            same = (tuple(log["valid"]), log.get("selected_step"), log.get("wall_s"))
+            same = log.get("export") or (tuple(log["valid"]), log.get("wall_s"))  # which trained model this is
             if same in seen:  # another order of the same trained model
                 extras.append(f"- {name}: the trained model of {seen[same]} (above), in its own order")
                 continue

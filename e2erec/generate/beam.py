@@ -98,21 +98,6 @@ def item_values(steering: SteeringConfig | None, info: ItemInfo | None, n_items:
     return value
 
 
-def _seen_mask(seen, batch_size: int, n_items: int, device) -> torch.Tensor | None:
-    """bool [B, n_items] from per-user item lists, or from jagged (offsets [B+1], items)."""
-    if seen is None:
-        return None
-    mask = torch.zeros(batch_size, n_items, dtype=torch.bool, device=device)
-    if isinstance(seen, tuple):
-        offsets, items = (torch.as_tensor(t, device=device) for t in seen)
-        rows = torch.repeat_interleave(torch.arange(batch_size, device=device), offsets.diff())
-        mask[rows, items.long()] = True
-    else:
-        for b, items in enumerate(seen):
-            mask[b, torch.as_tensor(items, dtype=torch.long, device=device)] = True
-    return mask
-
-
 def node_values(trie: PrefixTrie, item_value: torch.Tensor) -> list[torch.Tensor]:
     """Propagate per-item values [G, n_items] up the trie: per depth 1..n_levels, float [G, n_nodes(depth)] =
     the max value over the items below each node (-inf: no allowed item below)."""
@@ -122,6 +107,83 @@ def node_values(trie: PrefixTrie, item_value: torch.Tensor) -> list[torch.Tensor
         v = torch.full((item_value.shape[0], trie.n_nodes(depth)), NEG_INF, device=item_value.device)
         out.append(v.scatter_reduce_(1, idx, item_value, reduce="amax", include_self=True))
     return out
+
+
+class NodeValues:
+    """The heuristic of one search: per depth 1..n_levels, the value of each node for each user and beam group.
+
+    User-independent steering gives `static` [G, n_nodes(depth)], shared by every user. Excluding a user's seen items
+    changes only the ancestors of those items, so each depth also holds sparse per-user overrides: sorted keys
+    `user * n_nodes(depth) + node` [P] with their values [G, P], P <= users x history. Nothing is [users, n_items],
+    and a user costs O(history x levels x codebook) whatever the catalogue's size."""
+
+    def __init__(self, trie: PrefixTrie, static: list[torch.Tensor]):
+        self.trie = trie
+        self.static = static
+        self.keys: list[torch.Tensor | None] = [None] * trie.n_levels
+        self.override: list[torch.Tensor | None] = [None] * trie.n_levels
+
+    def lookup(self, depth: int, group: torch.Tensor, user: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
+        """Values of depth-`depth` nodes (long, >= 0), for broadcastable group / user / node indices."""
+        value = self.static[depth - 1][group, node]
+        keys = self.keys[depth - 1]
+        if keys is None or keys.numel() == 0:
+            return value
+        query = user * self.trie.n_nodes(depth) + node
+        pos = torch.searchsorted(keys, query.contiguous()).clamp_max(keys.numel() - 1)
+        return torch.where(keys[pos] == query, self.override[depth - 1][group, pos], value)
+
+    def exclude(self, users: torch.Tensor, items: torch.Tensor) -> NodeValues:
+        """Make each (user, item) pair's item unreachable for that user: its leaf gets -inf, and every ancestor the
+        max over its children, bottom-up (exact: the same values as masking a dense [users, n_items] table)."""
+        trie, n_groups = self.trie, self.static[0].shape[0]
+        users, items = users.long(), items.long()
+        for depth in range(trie.n_levels, 0, -1):
+            n = trie.n_nodes(depth)
+            keys = torch.unique(users * n + trie.item_node[depth][items])  # sorted
+            if depth == trie.n_levels:
+                values = torch.full((n_groups, keys.numel()), NEG_INF, device=keys.device)
+            else:
+                child = trie.children[depth][keys % n].long()  # (P, K): the node's children, -1 where none
+                sub = self.lookup(depth + 1, torch.arange(n_groups, device=keys.device)[:, None, None],
+                                  (keys // n)[None, :, None], child.clamp_min(0)[None])  # (G, P, K)
+                values = sub.masked_fill(child[None] < 0, NEG_INF).amax(-1)
+            self.keys[depth - 1], self.override[depth - 1] = keys, values
+        return self
+
+
+def _seen_pairs(seen, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(user row, item) long pairs from per-user item lists, or from jagged (offsets [B+1], items)."""
+    if isinstance(seen, tuple):
+        offsets, items = (torch.as_tensor(t, device=device) for t in seen)
+        if offsets.numel() != batch_size + 1:
+            raise ValueError(f"seen offsets must have batch_size + 1 = {batch_size + 1} entries, got {offsets.numel()}")
+        rows = torch.repeat_interleave(torch.arange(batch_size, device=device), offsets.diff())
+        return rows, items.long()
+    if len(seen) != batch_size:
+        raise ValueError(f"seen must hold one item list per user ({batch_size}), got {len(seen)}")
+    lengths = torch.tensor([len(x) for x in seen], dtype=torch.long)
+    rows = torch.repeat_interleave(torch.arange(batch_size), lengths).to(device)
+    flat = [int(i) for x in seen for i in x]
+    return rows, torch.tensor(flat, dtype=torch.long, device=device)
+
+
+def static_node_values(trie: PrefixTrie, steering: SteeringConfig | None, info: ItemInfo | None,
+                       explore: bool) -> list[torch.Tensor]:
+    """The user-independent part of the heuristic, per depth [G, n_nodes] (G = 2 with an exploration group),
+    memoised on the trie: a generation run computes it once, not per batch of users."""
+    key = (None if steering is None else
+           (tuple(steering.include_categories), tuple(sorted(steering.boost_categories.items())),
+            steering.freshness_weight, explore), id(info))
+    memo = trie.__dict__.setdefault("_node_values_memo", {})
+    if key in memo and memo[key][0] is info:
+        return memo[key][1]
+    static = item_values(steering, info, trie.leaf_item.numel()).to(trie.device)
+    groups = [static] + ([static.masked_fill(~info.long_tail.to(trie.device), NEG_INF)] if explore else [])
+    values = node_values(trie, torch.stack(groups))
+    memo.clear()  # one steering at a time: keep memory bounded
+    memo[key] = (info, values)
+    return values
 
 
 @torch.no_grad()
@@ -142,26 +204,16 @@ def constrained_beam_search(
     if beam_size < top_k:
         raise ValueError(f"beam_size ({beam_size}) must be >= top_k ({top_k})")
     device = trie.device
-    n_items = trie.leaf_item.numel()
     explore = math.ceil(steering.explore_share * top_k) if steering is not None and steering.explore_share > 0 else 0
 
-    # Per-item values: [B or 1, n_items], then one row per beam group (main, exploration).
-    static = item_values(steering, item_info, n_items).to(device)
-    per_user = static[None, :]
+    # The heuristic: user-independent node values (memoised on the trie), plus each user's seen items, sparsely.
+    values = NodeValues(trie, static_node_values(trie, steering, item_info, explore > 0))
     if steering is not None and steering.exclude_seen and seen is None:
         raise ValueError("steering.exclude_seen is set but no `seen` items were given (pass seen=, or set "
                          "eval.steering.exclude_seen=false)")
     if steering is not None and steering.exclude_seen:
-        mask = _seen_mask(seen, batch_size, n_items, device)
-        per_user = per_user.masked_fill(mask, NEG_INF)
-    groups = [per_user]
-    if explore:
-        groups.append(per_user.masked_fill(~item_info.long_tail.to(device)[None, :], NEG_INF))
-    b_rows = per_user.shape[0]
-    values = node_values(trie, torch.cat(groups, 0))  # per depth: [G * b_rows, n_nodes]
-    values = [v.view(len(groups), b_rows, -1) for v in values]  # (G, b_rows, n_nodes)
-
-    n_groups = len(groups)
+        values.exclude(*_seen_pairs(seen, batch_size, device))
+    n_groups = values.static[0].shape[0]
     beams = n_groups * beam_size
     group = torch.arange(n_groups, device=device).repeat_interleave(beam_size)  # (beams,)
     node = torch.zeros(batch_size, beams, dtype=torch.long, device=device)
@@ -170,7 +222,6 @@ def constrained_beam_search(
     prefix = torch.zeros(batch_size, beams, 0, dtype=torch.long, device=device)
     parent = None
     rows = torch.arange(batch_size, device=device)[:, None]
-    user_row = rows if b_rows > 1 else torch.zeros_like(rows)
     for level in range(trie.n_levels):
         alive = score > NEG_INF
         logp = step_fn(level, prefix, BeamState(parent, alive, group))  # (B, beams, K)
@@ -182,7 +233,7 @@ def constrained_beam_search(
         norm = logp.logsumexp(-1, keepdim=True)
         logp = torch.where(valid, logp - norm, logp)
         # Heuristic: the best value still reachable below each child node.
-        h = values[level][group[None, :, None], user_row[:, :, None], child.clamp_min(0)]  # (B, beams, K)
+        h = values.lookup(level + 1, group[None, :, None], rows[:, :, None], child.clamp_min(0))  # (B, beams, K)
         cum = score[..., None] + logp  # (B, beams, K)
         rank = torch.where(valid, cum + h, torch.full_like(cum, NEG_INF))
         # Select per group: (B, G, beam_size * K) -> top beam_size.
@@ -199,7 +250,7 @@ def constrained_beam_search(
         prefix = torch.cat([prefix.gather(1, src_beam[..., None].expand(-1, -1, level)), code[..., None]], -1)
         parent = src_beam
     items = trie.items_of_leaves(node)  # (B, beams)
-    final = score + values[-1][group[None, :], user_row, node.clamp_min(0)]
+    final = score + values.lookup(trie.n_levels, group[None, :], rows, node.clamp_min(0))
     final = torch.where(items >= 0, final, torch.full_like(final, NEG_INF))
     return _merge(items, final, group, top_k, explore)
 

@@ -69,7 +69,8 @@ class GenerativeSystem:
         meta = export_meta(export_dir)
         system = cls(model, SemanticIDs.load(meta["semantic_ids"]["path"], inter), cfg, **kwargs)
         # Which weights these are and how training stopped, for the report's training section.
-        system.fit_log = {**meta.get("fit_log", {}), "selected_step": meta["step"],
+        system.fit_log = {**meta.get("fit_log", {}), "export": str(Path(export_dir).resolve()),
+                          "selected_step": meta["step"],
                           "trained_steps": meta.get("trained_steps", meta["step"]), "select": cfg.train.select,
                           "metric": cfg.train.select_metric}
         return system, inter

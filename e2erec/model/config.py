@@ -36,6 +36,9 @@ class ModelConfig:
     # identity matters on small catalogues, where codes shared by many items blur it.
     item_embeddings: Literal["none", "full", "hashed"] = "none"
     item_hash_buckets: int = 0
+    # Code-level label smoothing of the generative loss while training: this share of each level's target mass is
+    # spread uniformly over the codes the trie allows after the true prefix. Evaluation losses are unsmoothed.
+    label_smoothing: float = 0.0
     activation_checkpointing: bool = False
     tie_code_embeddings: bool = True
     num_feedback: int = 6  # feedback values 0..num_feedback-1 (MovieLens stars 1-5; implicit data: 1)
@@ -51,6 +54,8 @@ class ModelConfig:
             raise ValueError("num_pos_buckets and num_time_buckets must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.item_embeddings == "hashed" and self.item_hash_buckets < 1:
             raise ValueError("item_embeddings=hashed needs item_hash_buckets >= 1")
         if self.param_count < 0:

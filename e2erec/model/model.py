@@ -370,17 +370,32 @@ class GenerativeRecommender(nn.Module):
         out: dict[str, torch.Tensor] = {}
         n_gen = batch.gen_index.numel()
         gen = h.new_zeros(())
+        smoothing = self.cfg.label_smoothing if self.training else 0.0
         for level, logits in enumerate(self.generative_logits(h[batch.gen_index], batch.gen_codes, batch.gen_mask)):
-            ce = F.cross_entropy(logits.float(), batch.gen_codes[:, level], reduction="sum") / max(n_gen, 1)
+            logp = F.log_softmax(logits.float(), dim=-1)
+            nll = -logp.gather(1, batch.gen_codes[:, level:level + 1]).squeeze(1)
+            ce = nll.sum() / max(n_gen, 1)
             out[f"gen_loss_l{level}"] = ce
-            gen = gen + ce
+            if smoothing > 0:
+                # Smoothing mass spread over the codes the trie allows (the softmax's support), never over the
+                # masked ones, whose log-probability is -inf; "gen_loss" stays the unsmoothed NLL.
+                allowed = torch.isfinite(logp)
+                uniform = -logp.masked_fill(~allowed, 0.0).sum(1) / allowed.sum(1)
+                gen = gen + ((1 - smoothing) * nll + smoothing * uniform).sum() / max(n_gen, 1)
+            else:
+                gen = gen + ce
+        if smoothing > 0:
+            out["gen_loss_smoothed"] = gen
+            gen_report = sum(out[f"gen_loss_l{level}"] for level in range(len(self.codebook_sizes)))
+        else:
+            gen_report = gen
         logit = self.calibration_logits(h, batch).float()
         n_calib = batch.calib_index.numel()
         calib = F.binary_cross_entropy_with_logits(logit, batch.calib_label.float(), reduction="sum") / max(n_calib, 1)
         w_gen, w_calib = batch.loss_weights
         out.update(
             loss=w_gen * gen + w_calib * calib,
-            gen_loss=gen,
+            gen_loss=gen_report,
             calib_loss=calib,
             n_tokens=torch.tensor(batch.n_tokens, device=h.device),
             n_gen=torch.tensor(n_gen, device=h.device),

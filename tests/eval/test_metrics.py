@@ -111,16 +111,24 @@ def test_beyond_accuracy_by_hand():
     np.testing.assert_allclose(M.novelty(recs, pop), [(info[0] + info[3]) / 2, (info[2] + info[4] + info[1]) / 3])
 
 
-def test_bootstrap_weights_resample_users():
+def test_user_bootstrap_resamples_users():
     users = np.array([0, 0, 1, 2, 2, 2])
-    w = M.bootstrap_weights(users, 50, seed=1)
+    boot = M.UserBootstrap(users, 50, seed=1)
+    assert boot.counts.shape == (50, 3)  # resamples x users, not x events
+    w = np.concatenate(list(M.UserBootstrap(users, 50, seed=1, chunk_elements=7).event_weights()))
     assert w.shape == (50, 6)
     # an event's weight is its user's multiplicity: equal within a user, users drawn 3 times per resample
     np.testing.assert_array_equal(w[:, 0], w[:, 1])
     np.testing.assert_array_equal(w[:, 3], w[:, 5])
     np.testing.assert_array_equal(w[:, [0, 2, 3]].sum(axis=1), 3)
-    ci = M.mean_with_ci(np.arange(6.0), w)
+    values = np.arange(6.0)
+    np.testing.assert_allclose(boot.means(values), (w @ values) / w.sum(axis=1))
+    ci = M.mean_with_ci(values, boot)
     assert ci["lo"] <= ci["value"] <= ci["hi"]
+    seg = np.array([True, False, False, False, True, True])
+    with np.errstate(invalid="ignore"):  # a resample without any of the segment's users: NaN in both
+        expected = (w[:, seg] @ values[seg]) / w[:, seg].sum(1)
+    np.testing.assert_allclose(boot.subset(seg).means(values[seg]), expected)
 
 
 def test_vectorised_bootstrap_equals_replicated_data():
@@ -128,13 +136,57 @@ def test_vectorised_bootstrap_equals_replicated_data():
     users = np.repeat(np.arange(30), 3)
     p = rng.random(90)
     y = (rng.random(90) < p).astype(int)
-    w = M.bootstrap_weights(users, 5, seed=0)
+    boot = M.UserBootstrap(users, 5, seed=0)
+    w = boot.counts[:, boot.inverse]
     for b in range(5):
         rep = np.repeat(np.arange(90), w[b].astype(int))  # the resample written out event by event
         assert M.auc(p, y, w)[b] == pytest.approx(M.auc(p[rep], y[rep]))
         assert M.log_loss(p, y, w)[b] == pytest.approx(M.log_loss(p[rep], y[rep]))
         assert M.ece(p, y, 15, w)[b] == pytest.approx(M.ece(p[rep], y[rep], 15))
         assert M.normalized_entropy(p, y, w)[b] == pytest.approx(M.normalized_entropy(p[rep], y[rep]))
+    w = boot
     cal = M.calibration_metrics(p, y, users, 15, w)
     assert cal["gauc_users_used"] + cal["gauc_users_skipped"] == 30
     assert set(cal) >= {"auc", "gauc", "logloss", "ne", "ece", "calibration_ratio"}
+
+
+def _gauc_by_user_loop(p, y, users):
+    """The reference: one AUC call per user (quadratic in users when done by masks, as before)."""
+    total, weight = 0.0, 0.0
+    for u in np.unique(users):
+        m = users == u
+        if 0 < y[m].sum() < m.sum():
+            total += M.auc(p[m], y[m]) * m.sum()
+            weight += m.sum()
+    return total / weight
+
+
+def test_streaming_gauc_and_bootstrap_equal_the_dense_references_on_ml100k(ml100k, ml100k_split):
+    """On ml-100k's validation and test targets (rounded scores: many ties): one-sort GAUC equals the per-user
+    loop, and the [resamples x users] bootstrap, chunked, equals dense [resamples x events] weights from the same
+    draws."""
+    from e2erec.eval.protocol import target_users
+
+    targets = np.concatenate([ml100k_split.valid, ml100k_split.test])
+    users = target_users(ml100k, targets)
+    y = np.asarray(ml100k.label)[targets].astype(np.float64)
+    p = np.round(np.random.default_rng(0).random(len(targets)) * 0.5 + 0.3 * y, 1)  # ties within users
+    value, skipped = M.gauc(p, y, users)
+    assert value == pytest.approx(_gauc_by_user_loop(p, y, users), rel=1e-12)
+    assert skipped == len(np.unique(users)) - sum(0 < y[users == u].sum() < (users == u).sum()
+                                                   for u in np.unique(users))
+    boot = M.UserBootstrap(users, 40, seed=3, chunk_elements=5000)  # several chunks
+    rng = np.random.default_rng(3)
+    uniq, inverse = np.unique(users, return_inverse=True)
+    dense = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=40)[:, inverse].astype(float)
+    np.testing.assert_allclose(boot.means(p), (dense @ p) / dense.sum(1))
+    for name, (point, samples) in M.calibration_samples(p, y, 15, boot).items():
+        fn = {"auc": M.auc, "logloss": M.log_loss, "ne": M.normalized_entropy, "calibration_ratio":
+              M.calibration_ratio, "ece": lambda p, y, w: M.ece(p, y, 15, w)}[name]
+        np.testing.assert_allclose(samples, fn(p, y, dense), err_msg=name)
+    cal = M.calibration_metrics(p, y, users, 15, boot)
+    ids, aucs, counts = M.per_user_auc(p, y, users)
+    first_event = np.unique(inverse, return_index=True)[1]
+    mult = dense[:, first_event[np.searchsorted(uniq, ids)]]  # each mixed user's multiplicity
+    np.testing.assert_allclose(cal["gauc"]["lo"], np.quantile((mult @ (aucs * counts)) / (mult @ counts), 0.025))
+    assert cal["gauc_users_used"] == len(ids) > 0

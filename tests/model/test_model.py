@@ -77,6 +77,37 @@ def test_trie_normalised_loss_is_the_nll_among_real_items(backbone):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def test_label_smoothing_spreads_mass_over_the_tries_codes_only_while_training():
+    """Smoothed loss = (1 - e) NLL + e * mean over allowed codes of -log p; masked codes never enter (the loss stays
+    finite), evaluation mode and the reported gen_loss are the unsmoothed NLL, and e = 0 is the plain loss."""
+    from e2erec.tokenizer.trie import PrefixTrie
+
+    codes = random_codes(40, SIZES, seed=0)
+    ev = random_events([6, 3, 9], n_items=40, seed=0)
+    batch = build_model_batch(ev, codes, num_candidates=1, trie=PrefixTrie.build(codes, SIZES))
+    plain, smooth = _model("transformer").train(), _model("transformer", label_smoothing=0.2).train()
+    torch.manual_seed(1)
+    out_plain = plain(batch)
+    torch.manual_seed(1)
+    out = smooth(batch)
+    torch.testing.assert_close(out["gen_loss"], out_plain["gen_loss"])  # reported: the NLL, same weights
+    h = smooth.encode(batch)[batch.gen_index]
+    expected = 0.0
+    for level, logits in enumerate(smooth.generative_logits(h, batch.gen_codes, batch.gen_mask)):
+        logp = logits.log_softmax(-1)
+        allowed = torch.isfinite(logp)
+        nll = -logp.gather(1, batch.gen_codes[:, level:level + 1]).squeeze(1)
+        uniform = torch.stack([-logp[i][allowed[i]].mean() for i in range(len(logp))])
+        expected = expected + (0.8 * nll + 0.2 * uniform).mean()
+    torch.testing.assert_close(out["gen_loss_smoothed"], expected)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in smooth.parameters() if p.grad is not None)
+    assert "gen_loss_smoothed" not in smooth.eval()(batch)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ModelConfig(label_smoothing=1.0).validate()
+
+
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_no_token_sees_the_future_another_sequence_or_another_candidate(backbone):
     model = _model(backbone)
