@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 import types
 import typing
@@ -35,6 +34,7 @@ from e2erec.eval.config import EvalConfig
 from e2erec.model.config import ModelConfig
 from e2erec.tokenizer.config import TokenizerConfig
 from e2erec.train.config import TrainConfig
+from e2erec.utils.io import atomic_write_text, to_dict  # to_dict: re-exported, callers import it from here too
 
 CONFIG_ROOT = Path(os.environ.get("E2EREC_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
 
@@ -183,10 +183,6 @@ def from_dict(cls: type, values: dict, source: str = "<dict>") -> Any:
         return _build(cls, values, "")
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}", key=e.key) from None
-
-
-def to_dict(obj: Any) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -338,8 +334,6 @@ def _origin_of(layer: _Layer, key: str) -> str:
 
 def save_resolved(cfg: Any, out_dir: str | Path, filename: str = "config.yaml") -> Path:
     """Write the fully resolved config beside an output, atomically."""
-    from e2erec.utils.io import atomic_write_text
-
     out = Path(out_dir) / filename
     atomic_write_text(out, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return out

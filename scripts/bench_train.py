@@ -43,8 +43,10 @@ FAST_TOKENIZER = ["tokenizer.embedding=collaborative", "tokenizer.quantizer=rand
 # ------------------------------------------------------------------------------------------ 1. engine throughput
 
 
-def engine_throughput(model_name: str, steps: int, warmup: int, batch_tokens: int, device: str, out: Path) -> dict:
-    """tokens/s of the real engine; the semantic IDs' values do not change the cost, only their codebook sizes."""
+def engine_throughput(model_name: str, steps: int, warmup: int, batch_tokens: int, device: str, out: Path,
+                      workers: int = 0) -> dict:
+    """tokens/s of the real engine; the semantic IDs' values do not change the cost, only their codebook sizes.
+    `workers`: train.num_workers, threads building batches ahead of the step (0 = in the step)."""
     from e2erec.train import distributed as D
     from e2erec.train.engine import Trainer
     from e2erec.train.observe import peak_tflops
@@ -54,7 +56,7 @@ def engine_throughput(model_name: str, steps: int, warmup: int, batch_tokens: in
     cfg = load_run_config(None, [
         *FAST_TOKENIZER, f"model={model_name}", f"train.batch_tokens={batch_tokens}", f"train.precision={precision}",
         f"train.device={device}", f"train.max_steps={steps + warmup}", "train.tensorboard=false",
-        f"out_dir={out / ('run-' + model_name)}",
+        f"train.num_workers={workers}", f"out_dir={out / ('run-' + model_name)}",
     ])
     info = D.init_distributed(device)
     task = RecTask.from_config(cfg, info)
@@ -69,7 +71,9 @@ def engine_throughput(model_name: str, steps: int, warmup: int, batch_tokens: in
     sync()
     dt = time.perf_counter() - t0
     tokens = trainer.tokens - tokens0
-    row = {"model": model_name, "device": device, "precision": precision, "params": trainer.n_params,
+    trainer._close_stream()
+    row = {"model": model_name, "device": device, "precision": precision, "workers": workers,
+           "params": trainer.n_params,
            "tokens": tokens, "seconds": dt, "tokens_per_s": tokens / dt, "steps": steps}
     peak = peak_tflops(info.device, 0.0)
     if peak:
@@ -241,7 +245,8 @@ def plot(rows: list[dict], versus: dict | None, path: Path) -> None:
     n = 1 + (versus is not None) * 2
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2))
     axes = np.atleast_1d(axes)
-    axes[0].bar([r["model"] for r in rows], [r["tokens_per_s"] for r in rows], color="tab:blue")
+    axes[0].bar([f"{r['model']}\nworkers={r['workers']}" for r in rows], [r["tokens_per_s"] for r in rows],
+                color="tab:blue")
     axes[0].set_ylabel("training tokens / s")
     axes[0].set_title(f"engine throughput ({rows[0]['device']}, {rows[0]['precision']})")
     if versus:
@@ -263,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch-tokens", type=int, default=None, help="default 4096 (cpu), 32768 (gpu)")
+    p.add_argument("--workers", type=int, nargs="*", default=[0, 1],
+                   help="train.num_workers values to compare (batches built in the step vs by threads ahead of it)")
     p.add_argument("--versus-model", default="tiny", help="model for jagged vs padded (cpu mode)")
     p.add_argument("--versus-seqs", type=int, default=32)
     p.add_argument("--versus-max-len", type=int, default=256)
@@ -278,14 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     models = args.models or (["base", "1b"] if gpu else ["tiny", "small"])
     batch_tokens = args.batch_tokens or (32768 if gpu else 4096)
 
-    rows = [engine_throughput(m, args.steps, args.warmup, batch_tokens, "cuda" if gpu else "cpu", args.out)
-            for m in models]
+    rows = [engine_throughput(m, args.steps, args.warmup, batch_tokens, "cuda" if gpu else "cpu", args.out, w)
+            for m in models for w in args.workers]
     versus = None if gpu else jagged_vs_padded(args.versus_model, args.versus_seqs, args.versus_max_len,
                                                 args.repeats)
-    print(f"\n{'model':<8}{'device':<8}{'prec':<6}{'params':>12}{'tokens/s':>12}{'MFU':>8}")
+    print(f"\n{'model':<8}{'device':<8}{'prec':<6}{'workers':>8}{'params':>12}{'tokens/s':>12}{'vs 0':>7}{'MFU':>8}")
+    base = {r["model"]: r["tokens_per_s"] for r in rows if r["workers"] == 0}
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
-        print(f"{r['model']:<8}{r['device']:<8}{r['precision']:<6}{r['params']:>12,}{r['tokens_per_s']:>12,.0f}{mfu:>8}")
+        ratio = f"{r['tokens_per_s'] / base[r['model']]:.2f}x" if r["model"] in base else "-"
+        print(f"{r['model']:<8}{r['device']:<8}{r['precision']:<6}{r['workers']:>8}{r['params']:>12,}"
+              f"{r['tokens_per_s']:>12,.0f}{ratio:>7}{mfu:>8}")
     if versus:
         v = versus
         print(f"\njagged vs padded ({v['model']}, {v['n_seqs']} seqs, max_len {v['max_len']}, "

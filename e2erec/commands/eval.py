@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", action="append", default=[], metavar="DIR",
                         help="an `e2erec train` export to evaluate beside the baselines, in generation and "
                              "generation x calibration order (repeatable)")
+    parser.add_argument("--device", default="auto",
+                        help="where the model and the beam search run: auto (the GPU when there is one), cpu, cuda")
     parser.add_argument("--out", default=None, help="report folder (default: <run dir>/eval)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.baseline_epochs=5 data=ml-1m")
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     for export in args.export:
         from e2erec.generate.system import GenerativeSystem
 
-        pair, _ = GenerativeSystem.both_orders(export, inter, cfg.eval)
+        pair, _ = GenerativeSystem.both_orders(export, inter, cfg.eval, args.device)
         for system in pair:
             system.fit(inter, split, cfg)  # the joint order's weight, on validation
             if len(args.export) > 1:  # tell the models apart by their run folder

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank-by", choices=("calibration", "beam", "joint"), default="calibration",
                         help="order the generated items by the calibration head (default), by generation score, or "
                              "by log P_gen + log P_calib (joint, w = 1; `e2erec eval` chooses w on validation)")
+    parser.add_argument("--device", default="auto",
+                        help="where the model and the beam search run: auto (the GPU when there is one), cpu, cuda")
     parser.add_argument("--json", action="store_true", help="one JSON line per user")
     parser.add_argument("overrides", nargs="*", help="eval.steering.* (and other) overrides for this generation")
 
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from e2erec.errors import DataError
     from e2erec.generate.system import GenerativeSystem
 
-    system, inter = GenerativeSystem.from_export(args.export, rank_by=args.rank_by)
+    system, inter = GenerativeSystem.from_export(args.export, device=args.device, rank_by=args.rank_by)
     if args.overrides:  # re-validate the export's config with the steering overrides applied
         merged = to_dict(system.cfg)
         for key, value in parse_overrides(args.overrides):

@@ -146,7 +146,7 @@ def run_once(args: argparse.Namespace, extra: list[str] = ()) -> int:
     torch.set_num_threads(cores)
 
     _stage("generate + evaluate", start)
-    systems, _ = GenerativeSystem.both_orders(export, inter)
+    systems, _ = GenerativeSystem.both_orders(export, inter, device=cfg.train.device)
     for system in systems:
         system.fit(inter, split, cfg)
     report_dir = run_dir / "eval"

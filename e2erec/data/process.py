@@ -41,7 +41,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from e2erec.data.config import DataConfig
-from e2erec.data.sources import ITEM_SCHEMA, RawData, resolve_source
+from e2erec.data.raw import ITEM_SCHEMA, RawData
+from e2erec.data.sources import resolve_source
 from e2erec.data.types import Interactions, ItemTable
 from e2erec.errors import DataError
 from e2erec.utils.io import atomic_dir, atomic_write_json, cache_root, fingerprint

@@ -41,7 +41,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from e2erec.data.config import DataConfig
+from e2erec.data.raw import RawData, make_item_table
+from e2erec.data.synthetic import generate
 from e2erec.errors import DataError
-from e2erec.utils.io import atomic_write_text, file_digest
+from e2erec.utils.io import atomic_write_text, file_digest, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -67,32 +69,6 @@ MOVIELENS_URLS = {
     "ml-1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
     "ml-20m": "https://files.grouplens.org/datasets/movielens/ml-20m.zip",
 }
-
-ITEM_SCHEMA = pa.schema(
-    [
-        ("raw_id", pa.string()),
-        ("title", pa.string()),
-        ("text", pa.string()),
-        ("categories", pa.list_(pa.string())),
-        ("year", pa.int32()),
-    ]
-)
-
-
-@dataclass
-class RawData:
-    """Events in the source's own ids, in file order, before dedupe, filtering and sorting."""
-
-    user: pa.Array  # raw user ids (integer or string)
-    item: pa.Array  # raw item ids (integer or string)
-    timestamp: np.ndarray  # int64 unix seconds
-    feedback: np.ndarray | None  # float32; None = implicit feedback
-    items: pa.Table | None  # ITEM_SCHEMA, keyed by raw_id (as a string)
-    source: str
-    extra: dict[str, np.ndarray] = field(default_factory=dict)  # per-event planted columns (synthetic)
-    planted_static: dict[str, np.ndarray] = field(default_factory=dict)  # per-item / per-user planted arrays
-    meta: dict[str, Any] = field(default_factory=dict)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # downloads
@@ -305,20 +281,6 @@ def split_title_year(title: str) -> tuple[str, int]:
     """MovieLens titles carry the year: "Toy Story (1995)" -> ("Toy Story", 1995)."""
     m = _TITLE_YEAR.match(title.strip())
     return (m.group(1), int(m.group(2))) if m else (title.strip(), -1)
-
-
-def describe(title: str, year: int, categories: list[str]) -> str:
-    """Item text when the source has no description: title, year and categories, so `text` is always usable."""
-    parts = [title + (f" ({year})" if year > 0 else "")]
-    if categories:
-        parts.append("Genres: " + ", ".join(categories))
-    return ". ".join(p for p in parts if p)
-
-
-def make_item_table(raw_id: list[str], title: list[str], text: list[str | None], categories: list[list[str]],
-                    year: list[int]) -> pa.Table:
-    text = [t if t else describe(ti, y, c) for t, ti, y, c in zip(text, title, year, categories)]
-    return pa.table([raw_id, title, text, categories, pa.array(year, pa.int32())], schema=ITEM_SCHEMA)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -705,9 +667,6 @@ def resolve_source(cfg: DataConfig, cache: Path, progress: bool = True) -> Sourc
     """
     source, name = cfg.source, cfg.name
     if source == "synthetic" or (source == "auto" and name == "synthetic"):
-        from e2erec.config import to_dict
-        from e2erec.data.synthetic import generate
-
         return SourceSpec("synthetic", [], lambda: generate(cfg.synthetic, progress), identity=to_dict(cfg.synthetic))
     if cfg.path is None and name in MOVIELENS_URLS:
         if name == "ml-100k" and source in ("auto", "recbole"):
@@ -739,8 +698,6 @@ def resolve_source(cfg: DataConfig, cache: Path, progress: bool = True) -> Sourc
         ipath = Path(cfg.item_path).expanduser() if cfg.item_path else None
         if ipath is not None and not ipath.exists():
             raise DataError(f"{ipath}: item table not found (data.item_path)")
-        from e2erec.config import to_dict
-
         return SourceSpec("tabular", [path] + ([ipath] if ipath else []), lambda: read_tabular(path, cfg),
                           identity=to_dict(cfg.columns))
     raise DataError(f"data.source {source!r} needs data.path")

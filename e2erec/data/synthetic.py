@@ -38,7 +38,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from e2erec.data.config import SyntheticConfig
-from e2erec.data.sources import RawData, make_item_table
+from e2erec.data.raw import RawData, make_item_table
 from e2erec.data.types import Interactions
 
 CHUNK_EVENTS = 1 << 20  # ~1M events per chunk: ~100 MB of temporaries, independent of the dataset size

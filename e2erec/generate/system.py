@@ -49,20 +49,22 @@ class GenerativeSystem:
         self.name = name or ROW_NAMES[rank_by]
         self.batch_size = batch_size
         self.calib_weight = 1.0  # w of the joint order until `fit` chooses it on validation
+        self._item_info: tuple | None = None  # (item table, its ItemInfo): built once per catalogue
         self.fit_log: dict | None = None
 
     @classmethod
     def from_export(cls, export_dir: str | Path, inter: Interactions | None = None, eval_cfg=None,
-                    **kwargs) -> tuple[GenerativeSystem, Interactions]:
+                    device: str = "auto", **kwargs) -> tuple[GenerativeSystem, Interactions]:
         """Load an `e2erec train` export (no DeepSpeed) and the semantic-ID artifact it was trained with; the
         dataset is the export's own (`cfg.data`) unless `inter` is given. `eval_cfg` (an `EvalConfig`) replaces the
         export's `eval` section, so the evaluating command's beam size and steering apply, not the training run's.
-        Returns (system, dataset)."""
+        `device`: where the model, the trie and the search run ("auto": the GPU when there is one). Returns
+        (system, dataset)."""
         from e2erec.data import load_dataset
+        from e2erec.model.export import export_meta, load_exported
         from e2erec.tokenizer import SemanticIDs
-        from e2erec.train.export import export_meta, load_exported
 
-        model, cfg = load_exported(export_dir)
+        model, cfg = load_exported(export_dir, resolve_device(device))
         if eval_cfg is not None:
             cfg = dataclasses.replace(cfg, eval=eval_cfg)
         inter = inter if inter is not None else load_dataset(cfg.data)
@@ -76,12 +78,12 @@ class GenerativeSystem:
         return system, inter
 
     @classmethod
-    def both_orders(cls, export_dir: str | Path, inter: Interactions | None = None,
-                    eval_cfg=None) -> tuple[list[GenerativeSystem], Interactions]:
+    def both_orders(cls, export_dir: str | Path, inter: Interactions | None = None, eval_cfg=None,
+                    device: str = "auto") -> tuple[list[GenerativeSystem], Interactions]:
         """The export in generation order and in the joint order (what reports show side by side), sharing one
         loaded model and semantic-ID artifact. Returns ([generation, joint], dataset); call `fit` on the joint one
         to choose its weight on validation."""
-        beam, inter = cls.from_export(export_dir, inter, eval_cfg, rank_by="beam")
+        beam, inter = cls.from_export(export_dir, inter, eval_cfg, device, rank_by="beam")
         joint = cls(beam.model, beam.sids, beam.cfg, rank_by="joint")
         joint.fit_log = dict(beam.fit_log)
         return [beam, joint], inter
@@ -143,9 +145,10 @@ class GenerativeSystem:
     def _search(self, inter: Interactions, users: np.ndarray, ends: np.ndarray, k: int,
                 steering=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Beam search for each history: (items [n, k] in generation order, their generation scores, and — unless
-        `rank_by="beam"` — their calibrated probabilities), on the CPU."""
+        `rank_by="beam"` — their calibrated probabilities), returned on the CPU; the search runs on the model's
+        device."""
         steering = steering if steering is not None else self.cfg.eval.steering
-        info = ItemInfo.from_table(inter.items, self.cfg.eval.long_tail_share)
+        info = self._info(inter)
         beam = max(self.cfg.eval.beam_size, k)
         users, ends = np.asarray(users, dtype=np.int64), np.asarray(ends, dtype=np.int64)
         out_items = torch.full((len(users), k), -1, dtype=torch.int64)
@@ -155,9 +158,7 @@ class GenerativeSystem:
             u, e = users[start : start + self.batch_size], ends[start : start + self.batch_size]
             histories = gather_histories(inter, u, e, self.cfg.data.max_seq_len)
             step, _ = self.model.make_step_fn(histories, self.codes)
-            begin = inter.offsets[u]
-            seen_offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(e - begin)]).astype(np.int64))
-            seen_items = torch.from_numpy(np.concatenate([inter.item[b:x] for b, x in zip(begin, e)]).astype(np.int64))
+            seen_offsets, seen_items = _history_items(inter, u, e)
             items, scores = constrained_beam_search(
                 # The model recomputes each step from the code prefix, so the beam reordering needs no cache update.
                 lambda level, prefix, beam_state, step=step: step(level, prefix),
@@ -166,8 +167,14 @@ class GenerativeSystem:
             rows = slice(start, start + len(u))
             out_items[rows], out_scores[rows] = items.cpu(), scores.float().cpu()
             if out_probs is not None:
-                out_probs[rows] = self.model.score_candidates(histories, items.clamp_min(0), self.codes).float().cpu()
+                out_probs[rows] = self.model.score_candidates(histories, items.clamp_min(0).cpu(),
+                                                              self.codes).float().cpu()
         return out_items, out_scores, out_probs
+
+    def _info(self, inter: Interactions) -> ItemInfo:
+        if self._item_info is None or self._item_info[0] is not inter.items:
+            self._item_info = (inter.items, ItemInfo.from_table(inter.items, self.cfg.eval.long_tail_share))
+        return self._item_info[1]
 
     def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
         return self.generate(inter, targets, k)[0]
@@ -183,3 +190,23 @@ class GenerativeSystem:
             probs = self.model.score_candidates(self._histories(inter, targets[sl]), cand, self.codes)
             out[sl] = probs.cpu().double().numpy().reshape(items[sl].shape)
         return out
+
+
+def _history_items(inter: Interactions, users: np.ndarray, ends: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jagged (offsets [n + 1], items) of the events offsets[u]:end of each (user, end): what exclude-seen reads."""
+    begin = np.asarray(inter.offsets)[users]
+    lengths = np.asarray(ends) - begin
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    rows = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - begin, lengths)  # flat event index of each entry
+    return torch.from_numpy(offsets), torch.from_numpy(np.asarray(inter.item)[rows].astype(np.int64))
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" = the GPU when there is one, else the CPU; "cuda" without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from e2erec.errors import E2ERecError
+
+        raise E2ERecError(f"--device {device}: no CUDA device is visible on this machine")
+    return torch.device(device)

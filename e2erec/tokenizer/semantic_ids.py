@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from e2erec.config import to_dict
 from e2erec.data.types import Interactions, Split
 from e2erec.errors import ArtifactMismatchError
 from e2erec.tokenizer import metrics as M
@@ -27,7 +26,7 @@ from e2erec.tokenizer.config import TokenizerConfig
 from e2erec.tokenizer.embed import data_fingerprint, embed_items
 from e2erec.tokenizer.quantize import Quantized, quantize
 from e2erec.tokenizer.trie import PrefixTrie
-from e2erec.utils.io import atomic_dir, atomic_write_json, fingerprint
+from e2erec.utils.io import atomic_dir, atomic_write_json, fingerprint, to_dict
 
 VERSION = 1
 

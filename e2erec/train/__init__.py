@@ -16,8 +16,8 @@ _EXPORTS = {
     "Trainer": "e2erec.train.engine",
     "EXIT_PREEMPTED": "e2erec.train.engine",
     "TrainingAborted": "e2erec.train.engine",
-    "load_exported": "e2erec.train.export",
-    "export_meta": "e2erec.train.export",
+    "load_exported": "e2erec.model.export",  # the export format's reader lives with the model (no training code)
+    "export_meta": "e2erec.model.export",
     "deepspeed_config": "e2erec.train.ds_config",
 }
 

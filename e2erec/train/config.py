@@ -50,6 +50,8 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_last: int = 3
     max_bad_steps: int = 10  # NaN/inf losses tolerated (each skipped) before aborting
+    # Threads that build training batches ahead of the step (e2erec/train/prefetch.py; 0 = in the step). Either way
+    # the same batches in the same order: golden losses and resumes do not depend on it.
     num_workers: int = 0
     threads: int = 0  # torch CPU threads of each rank (0 = the cores per rank); `e2erec run` leaves one to the baselines
     seed: int = 0
@@ -79,6 +81,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = automatic), got {self.threads}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 (0 = batches built in the step), got {self.num_workers}")
         if self.grad_accum < 1 or self.batch_tokens < 1:
             raise ValueError("grad_accum and batch_tokens must be >= 1")
         if self.max_steps < 1 and self.max_tokens <= 0 and self.time_budget_s <= 0:

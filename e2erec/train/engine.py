@@ -24,22 +24,24 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from e2erec.config import RunConfig, save_resolved, to_dict
+from e2erec.config import RunConfig, save_resolved
 from e2erec.errors import E2ERecError
 from e2erec.eval.stopping import FitLog, StoppingRule
+from e2erec.model.export import export_meta, load_weights
 from e2erec.train import checkpoint as C
 from e2erec.train import distributed as D
 from e2erec.train.config import SELECT_METRICS
 from e2erec.train.ds_config import deepspeed_config, resolve_precision
+from e2erec.train.export import export_model
 from e2erec.train.observe import RunLogger, memory_stats, peak_tflops
 from e2erec.train.optim import build_optimizer, build_scheduler
-from e2erec.utils.io import atomic_write_json
+from e2erec.train.prefetch import BatchStream
+from e2erec.utils.io import atomic_write_json, to_dict
 
 EXIT_PREEMPTED = 85  # checkpointed after SIGTERM/SIGUSR1: requeue and resume with train.resume=auto
 
@@ -111,7 +113,6 @@ class Trainer:
         self.base_optimizer = optimizer  # the SkippableAdamW under ZeRO's wrapper
         self.step = 0
         self.tokens = 0
-        self.epoch = 0
         self.bad_steps = 0
         self.elapsed_prev = 0.0  # wall seconds of earlier segments of this run (before resumes)
         self.n_seqs = 0  # training sequences seen: tokens / n_seqs is the mean sequence length used for FLOPs
@@ -120,7 +121,7 @@ class Trainer:
         self._t0 = time.time()  # start of this segment of the run (reset by run())
         self._stop_signal: str | None = None  # set by the signal handler on this rank
         self._agreed_stop = False  # some rank had been signalled at the last step's all-reduce
-        self._batches: Iterator | None = None
+        self.stream: BatchStream | None = None  # training batches in step order (e2erec.train.prefetch)
         self.last_eval: dict[str, Any] = {}
         self.last_eval_step = -1
         self.best: dict[str, Any] | None = None  # {"step", "value"} of the weights in <run_dir>/best (select=best)
@@ -152,7 +153,7 @@ class Trainer:
         return {
             "step": self.step,
             "tokens": self.tokens,
-            "sampler": self.sampler.state_dict(),
+            "sampler": self.stream.state_dict() if self.stream is not None else self.sampler.state_dict(),
             "bad_steps": self.bad_steps,
             "elapsed_s": self.elapsed_prev + time.time() - self._t0,
             "n_seqs": self.n_seqs,
@@ -168,7 +169,7 @@ class Trainer:
         state = C.load_checkpoint(self.engine, path, self.identity, self.info)
         self.step, self.tokens = state["step"], state["tokens"]
         self.sampler.load_state_dict(state["sampler"])
-        self.epoch = self.sampler.epoch
+        self._close_stream()  # the next batch comes from the resumed position
         self.bad_steps, self.elapsed_prev = state["bad_steps"], state["elapsed_s"]
         self.n_seqs = state["n_seqs"]
         self.examples = state.get("examples", 0)
@@ -184,25 +185,25 @@ class Trainer:
         then dropped and the resumed run finds its best again from the evaluations still to come."""
         if best is None:
             return None
-        from e2erec.train.export import export_meta
-
         try:
             on_disk = export_meta(self.run_dir / "best").get("step")
         except E2ERecError:
             on_disk = None
         return best if on_disk == best["step"] else None
 
-    def _next_indices(self):
-        """The next batch of this rank's sampler, continuing across epochs. The sampler's (epoch, position) is part
-        of every checkpoint, so a resumed run draws exactly the batches the uninterrupted run would have."""
-        while True:
-            if self._batches is None:
-                self.sampler.set_epoch(self.epoch)  # keeps the position when it is the epoch being resumed
-                self._batches = iter(self.sampler)
-            nxt = next(self._batches, None)
-            if nxt is not None:
-                return nxt
-            self.epoch, self._batches = self.epoch + 1, None
+    def _batch_stream(self) -> BatchStream:
+        """This rank's batches from the current step on. The sampler's (epoch, position) of the last consumed batch
+        is part of every checkpoint, so a resumed run draws exactly the batches the uninterrupted run would have."""
+        if self.stream is None:
+            self.stream = BatchStream(self.task, self.sampler, seed=self.tcfg.seed, rank=self.info.rank,
+                                      grad_accum=self.tcfg.grad_accum, start_step=self.step,
+                                      num_workers=self.tcfg.num_workers)
+        return self.stream
+
+    def _close_stream(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
 
     def _install_signal_handlers(self) -> None:
         def handler(signum, _frame):
@@ -219,12 +220,9 @@ class Trainer:
         sums = {"loss": 0.0, "gen_loss": 0.0, "calib_loss": 0.0}
         bad = 0
         tokens = seqs = examples = 0
+        stream = self._batch_stream()
         for micro in range(self.tcfg.grad_accum):
-            indices = self._next_indices()
-            # Candidate draws depend only on (seed, step, micro, rank): nothing to checkpoint, identical on resume.
-            seed = ((self.tcfg.seed * 1_000_003 + self.step) * 64 + micro) * 4096 + self.info.rank
-            gen = torch.Generator().manual_seed(seed)
-            batch = self.task.train_batch(indices, gen).to(self.info.device)
+            batch = stream.next().to(self.info.device)
             out = self.engine(batch)
             loss = out["loss"]
             finite = bool(torch.isfinite(loss.detach()).item())
@@ -333,9 +331,7 @@ class Trainer:
         self._eval_t = now
         if self.tcfg.select != "best" or not better:
             return
-        from e2erec.train.export import export_model
-
-        export_model(self, self.run_dir / "best", model.state_dict(), self.step)
+        self._export(self.run_dir / "best", model.state_dict(), self.step)
         self.best = {"step": self.step, "value": float(value)}
         log.event(self.step, f"best {name} so far: {value:.4f}; weights in {self.run_dir / 'best'}", best=self.best)
 
@@ -346,8 +342,6 @@ class Trainer:
             self.periodic_eval(log)
         if self.tcfg.select != "best" or self.best is None or self.best["step"] == self.step:
             return self._inference_model()
-        from e2erec.train.export import load_weights
-
         log.event(self.step, f"ending with the weights of step {self.best['step']} (best "
                   f"{self.tcfg.select_metric} {self.best['value']:.4f})", selected_step=self.best["step"])
         return load_weights(self.run_dir / "best", self._fresh_model())
@@ -458,16 +452,22 @@ class Trainer:
             why = f" by {self._stop_signal or 'a signal to another rank'}" if status == "preempted" else ""
             log.event(self.step, f"{status}{why}; checkpoint {path}")
             if status == "completed" and t.export:
-                from e2erec.train.export import export_model
-
-                export_model(self, self.run_dir / "export", done.state_dict(), self._selected_step())
+                self._export(self.run_dir / "export", done.state_dict(), self._selected_step())
             self._write_final(status, final_eval)
             return EXIT_PREEMPTED if status == "preempted" else 0
         except BaseException as e:
             self._write_final("failed", self.last_eval, error=f"{type(e).__name__}: {e}")
             raise
         finally:
+            self._close_stream()
             log.close()
+
+    def _export(self, out_dir: Path, state: dict[str, torch.Tensor], step: int) -> None:
+        meta = {"codebook_sizes": list(self.task.codebook_sizes), "semantic_ids": self.task.artifact_ref(),
+                "data_fingerprint": self.task.data_fingerprint, "step": step, "trained_steps": self.step,
+                "tokens": self.tokens, "params": self.n_params,
+                "fit_log": self.training_record()}  # the evaluations so far under the early-stopping rule
+        export_model(out_dir, state, meta, self.cfg, self.info.is_main)
 
     def _selected_step(self) -> int:
         return self.best["step"] if self.tcfg.select == "best" and self.best is not None else self.step
@@ -486,7 +486,8 @@ class Trainer:
         parameters and training FLOPs per training target (predicted item or calibration label)."""
         self.fit_log.describe(self.n_params, self.training_flops() / max(self.examples, 1), 0,
                               "training target (next item or calibration label)")
-        return {**self.fit_log.to_dict(), "steps": self.step, "epochs": self.epoch,
+        return {**self.fit_log.to_dict(), "steps": self.step,
+                "epochs": self.stream.epoch if self.stream is not None else self.sampler.epoch,
                 "selected_step": self._selected_step(), "examples": self.examples}
 
     def _write_final(self, status: str, ev: dict[str, Any], error: str | None = None) -> None:

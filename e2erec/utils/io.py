@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,6 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def to_dict(obj: Any) -> dict:
+    """A (nested) dataclass as a JSON-ready dict: what configs and artifact identities are written and hashed as."""
+    return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from e2erec.data.config import DataConfig
 from e2erec.data.process import _stable_radix_argsort, process
-from e2erec.data.sources import RawData
+from e2erec.data.raw import RawData
 
 events = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 6), st.integers(0, 4), st.integers(1, 5)),
                   min_size=1, max_size=60)

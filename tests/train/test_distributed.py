@@ -105,7 +105,7 @@ def test_zero3_srun_preempt_and_resume_matches(sids_dir, tmp_path):
     ref = train_losses(c)
     assert sorted(ref) == list(range(1, 9)) and final(c)["zero_stage"] == 3
     # The export gathered the ZeRO-3 partitions: full shapes, loadable without DeepSpeed.
-    from e2erec.train.export import export_meta, load_exported
+    from e2erec.model.export import export_meta, load_exported
 
     model, _ = load_exported(c / "export")
     assert model.num_params() == final(c)["params"]

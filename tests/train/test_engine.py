@@ -32,13 +32,17 @@ def make_trainer(dist_info, run_dir: Path, sids: Path, *extra: str, wrap=None) -
     return Trainer(cfg, task, dist_info)
 
 
-def test_golden_losses(dist_info, sids_dir, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_golden_losses(dist_info, sids_dir, tmp_path, workers):
     """Per-step losses of the tiny model on real ml-100k batches, against a committed file: any silent numeric
-    change (model, batching, sampler, optimizer, schedule) shows up here. Regenerate deliberately with
-    E2EREC_UPDATE_GOLDEN=1 and say why in the commit."""
-    tr = make_trainer(dist_info, tmp_path / "run", sids_dir, "train.max_steps=5", "train.export=false")
+    change (model, batching, sampler, optimizer, schedule) shows up here; batches built ahead by threads
+    (train.num_workers) are the same batches. Regenerate deliberately with E2EREC_UPDATE_GOLDEN=1 and say why in
+    the commit."""
+    tr = make_trainer(dist_info, tmp_path / "run", sids_dir, "train.max_steps=5", "train.export=false",
+                      f"train.num_workers={workers}")
     losses = [tr.train_step()["loss"] for _ in range(5)]
-    if os.environ.get("E2EREC_UPDATE_GOLDEN") == "1":
+    tr._close_stream()
+    if os.environ.get("E2EREC_UPDATE_GOLDEN") == "1" and workers == 0:
         GOLDEN.write_text(json.dumps({"config": overrides(Path("RUN"), Path("SIDS")), "losses": losses}, indent=1))
     golden = json.loads(GOLDEN.read_text())["losses"]
     assert losses == pytest.approx(golden, rel=1e-5, abs=1e-6)
@@ -107,7 +111,7 @@ def test_resume_export_and_mismatch(dist_info, sids_dir, tmp_path):
     assert [resumed[s] for s in (4, 5, 6)] == pytest.approx([ref[s] for s in (4, 5, 6)], rel=RESUME_RTOL)
 
     # The export loads without DeepSpeed and computes exactly what the engine's module computes.
-    from e2erec.train.export import export_meta, load_exported
+    from e2erec.model.export import export_meta, load_exported
 
     model, cfg = load_exported(a_dir / "export")
     assert cfg.model == tr.cfg.model and export_meta(a_dir / "export")["step"] == 6
@@ -133,6 +137,26 @@ def test_resume_export_and_mismatch(dist_info, sids_dir, tmp_path):
     # A checkpoint from another model shape is refused, naming what differs.
     with pytest.raises(ArtifactMismatchError, match=r"blocks\.0\.attn_norm\.weight has shape \[64\] in the checkpoint vs \[32\] now"):
         make_trainer(dist_info, tmp_path / "c", sids_dir, "model.d_model=32", "train.resume=" + str(a_dir)).run()
+
+
+def test_prefetched_batches_checkpoint_the_consumed_position_and_resume_exactly(dist_info, sids_dir, tmp_path):
+    """With threads building batches ahead, the checkpoint holds the sampler position of the last batch trained on
+    (not of the last one built), so a resumed run with prefetching replays steps 4-6 of the uninterrupted one."""
+    sync = make_trainer(dist_info, tmp_path / "sync", sids_dir, "train.export=false")
+    for _ in range(3):
+        sync.train_step()
+    a_dir = tmp_path / "a"
+    tr = make_trainer(dist_info, a_dir, sids_dir, "train.num_workers=2", "train.export=false", "train.grad_accum=2")
+    assert tr.run() == 0
+    ref = train_losses(a_dir)
+    state = json.loads((a_dir / "checkpoints" / "step_00000003" / "trainer_state.json").read_text())
+    assert state["sampler"]["position"] == 6 == 2 * sync.trainer_state()["sampler"]["position"]  # 3 steps x 2 micro
+    b_dir = tmp_path / "b"
+    tr_b = make_trainer(dist_info, b_dir, sids_dir, "train.num_workers=2", "train.export=false", "train.grad_accum=2",
+                        f"train.resume={a_dir / 'checkpoints' / 'step_00000003'}")
+    assert tr_b.run() == 0
+    resumed = train_losses(b_dir)
+    assert [resumed[s] for s in (4, 5, 6)] == pytest.approx([ref[s] for s in (4, 5, 6)], rel=RESUME_RTOL)
 
 
 def test_accumulation_checkpointing_and_budgets(dist_info, sids_dir, tmp_path):
@@ -185,7 +209,7 @@ def test_select_best_ends_with_the_best_evaluated_weights(dist_info, sids_dir, t
     assert tr.run() == 0
     assert sorted(weights_at) == [2, 4, 6]
 
-    from e2erec.train.export import export_meta, load_exported
+    from e2erec.model.export import export_meta, load_exported
 
     final = json.loads((run_dir / "final.json").read_text())
     assert final["steps"] == 6 and final["selected_step"] == 4
@@ -227,7 +251,7 @@ def test_early_stop_converges_under_the_protocols_rule(dist_info, sids_dir, tmp_
 
     tr.task.summarize_eval = summarize_scripted
     assert tr.run() == 0
-    from e2erec.train.export import export_meta
+    from e2erec.model.export import export_meta
 
     final = json.loads((run_dir / "final.json").read_text())
     assert final["status"] == "completed" and final["stop_reason"] == "converged"
