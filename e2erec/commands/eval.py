@@ -7,6 +7,12 @@ the training split (early-stopped on validation), evaluate them all on the same 
     e2erec eval --export runs/default/export --systems sasrec     # a trained end-to-end model beside SASRec
 
 The report (report.md, report.json, PNG plots) and the resolved config go to `--out`, default `<run dir>/eval`.
+
+Under torchrun, srun or the deepspeed launcher every rank fits the (seeded, deterministic) baselines, then each
+rank generates and scores a disjoint block of the test (and validation) users; rank 0 gathers them and writes the
+report, whose numbers are the single-process run's:
+
+    torchrun --nproc_per_node 8 -m e2erec eval --export runs/default/export
 """
 
 from __future__ import annotations
@@ -36,10 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from e2erec.baselines import build_baseline
     from e2erec.config import load_run_config, save_resolved
     from e2erec.data import load_dataset, make_split
+    from e2erec.eval.protocol import ShardedScoring
     from e2erec.eval.report import evaluate_systems
+    from e2erec.train.distributed import join_launched_group
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_run_config(args.config, args.overrides)
+    rank, world_size = join_launched_group(args.device)
     names = [n.strip() for n in args.systems.split(",") if n.strip()] if args.systems else list(cfg.eval.baselines)
     systems = [build_baseline(name) for name in names]  # unknown names fail here, before any data work
     inter = load_dataset(cfg.data)
@@ -58,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
             if len(args.export) > 1:  # tell the models apart by their run folder
                 system.name = f"{system.name}:{Path(export).resolve().parent.name}"
         generative += pair
+    if world_size > 1:  # each rank scores its block of the targets; the generative systems shard themselves
+        systems = [ShardedScoring(s) for s in systems]
+        print(f"rank {rank}: generation and scoring sharded over {world_size} ranks", flush=True)
     systems = generative + systems
     out = Path(args.out) if args.out else cfg.run_dir / "eval"
-    save_resolved(cfg, out)
-    evaluate_systems(systems, inter, split, cfg.eval, out)
+    if rank == 0:
+        save_resolved(cfg, out)
+    evaluate_systems(systems, inter, split, cfg.eval, out if rank == 0 else None)
     return 0

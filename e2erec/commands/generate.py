@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from e2erec.config import RunConfig, from_dict, parse_overrides, to_dict
     from e2erec.errors import DataError
     from e2erec.generate.system import GenerativeSystem
+    from e2erec.train.distributed import join_launched_group
 
+    rank, _ = join_launched_group(args.device)  # under a launcher each rank generates a block of the users
     system, inter = GenerativeSystem.from_export(args.export, device=args.device, rank_by=args.rank_by)
     if args.overrides:  # re-validate the export's config with the steering overrides applied
         merged = to_dict(system.cfg)
@@ -50,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--users: user indices must be in [0, {inter.n_users}), got {args.users}")
     # Generate for "now": each user's whole history (every event is history; the target row is one past the end).
     items, scores = system.generate_for(inter, users, inter.offsets[users + 1], args.k)
+    if rank != 0:  # rank 0 has every user's list and prints them
+        return 0
     titles = inter.items.title
     for user, row, score in zip(users, items, scores):
         picks = [(int(i), titles[i], float(s)) for i, s in zip(row, score) if i >= 0]

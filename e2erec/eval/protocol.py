@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from e2erec.data.types import Interactions, Split
+from e2erec.utils.shards import sharded_rows
 
 
 @runtime_checkable
@@ -28,6 +29,31 @@ class Recommender(Protocol):
 
     def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> np.ndarray | None:
         """P(positive feedback) of each target's history with `items[j]`; None without a calibrated head."""
+
+
+class ShardedScoring:
+    """A fitted system whose `recommend` and `predict_proba` run row-sharded across the ranks of a process group
+    (`e2erec.utils.shards`): each rank scores a disjoint block of the targets, every rank gets them all. Everything
+    else (name, fit_log, fit) is the wrapped system's."""
+
+    def __init__(self, system: Recommender):
+        self.system = system
+
+    def __getattr__(self, name: str):
+        return getattr(self.system, name)
+
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
+        targets = np.asarray(targets)
+        return sharded_rows(lambda lo, hi: np.asarray(self.system.recommend(inter, targets[lo:hi], k)), len(targets))
+
+    def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> np.ndarray | None:
+        targets, items = np.asarray(targets), np.asarray(items)
+
+        def block(lo: int, hi: int):
+            proba = self.system.predict_proba(inter, targets[lo:hi], items[lo:hi])
+            return None if proba is None else np.asarray(proba)
+
+        return sharded_rows(block, len(targets))
 
 
 def target_users(inter: Interactions, targets: np.ndarray) -> np.ndarray:

@@ -34,10 +34,11 @@ COMPARE_KEYS = ("hr@10", "ndcg@10", "mrr")
 
 
 def evaluate_systems(
-    systems: list[Recommender], inter: Interactions, split: Split, cfg: EvalConfig, out_dir: str | Path,
+    systems: list[Recommender], inter: Interactions, split: Split, cfg: EvalConfig, out_dir: str | Path | None,
     progress: bool = True,
 ) -> dict:
-    """Evaluate fitted `systems` on `split.test` and write report.md / report.json / *.png into `out_dir`.
+    """Evaluate fitted `systems` on `split.test` and write report.md / report.json / *.png into `out_dir` (None:
+    write nothing, e.g. on the ranks other than 0 of a sharded evaluation).
 
     Returns the report as a dict (what report.json holds); prints the path of report.md.
     """
@@ -46,7 +47,6 @@ def evaluate_systems(
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise ValueError(f"system names must be unique, got {names}")
-    out_dir = Path(out_dir)
     ctx = Context(inter, split, cfg)
     results = [evaluate_system(s, ctx) for s in tqdm(systems, desc="evaluate", disable=not progress)]
     comparisons = _comparisons(results, ctx)
@@ -55,6 +55,9 @@ def evaluate_systems(
         r.pop("_calib_samples")
     report = {"dataset": inter.meta.get("name", ""), "setup": ctx.summary(), "systems": results,
               "comparisons": comparisons, "ks": list(cfg.ks), "ece_bins": cfg.ece_bins}
+    if out_dir is None:
+        return report
+    out_dir = Path(out_dir)
     plots = {
         "metrics.png": _plot_metrics(results),
         "reliability.png": _plot_reliability(results),

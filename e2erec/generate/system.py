@@ -23,6 +23,7 @@ from e2erec.data.jagged import gather_histories
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.protocol import target_users
 from e2erec.generate.beam import ItemInfo, constrained_beam_search
+from e2erec.utils.shards import sharded_rows
 
 RankBy = Literal["beam", "joint", "calibration"]
 # The report's row names, each naming its ordering rule.
@@ -151,25 +152,31 @@ class GenerativeSystem:
         info = self._info(inter)
         beam = max(self.cfg.eval.beam_size, k)
         users, ends = np.asarray(users, dtype=np.int64), np.asarray(ends, dtype=np.int64)
-        out_items = torch.full((len(users), k), -1, dtype=torch.int64)
-        out_scores = torch.full((len(users), k), -np.inf, dtype=torch.float32)
-        out_probs = None if self.rank_by == "beam" else torch.zeros((len(users), k), dtype=torch.float32)
-        for start in range(0, len(users), self.batch_size):
-            u, e = users[start : start + self.batch_size], ends[start : start + self.batch_size]
-            histories = gather_histories(inter, u, e, self.cfg.data.max_seq_len)
-            step, _ = self.model.make_step_fn(histories, self.codes)
-            seen_offsets, seen_items = _history_items(inter, u, e)
-            items, scores = constrained_beam_search(
-                # The model recomputes each step from the code prefix, so the beam reordering needs no cache update.
-                lambda level, prefix, beam_state, step=step: step(level, prefix),
-                self.trie, len(u), beam, k, steering=steering, item_info=info, seen=(seen_offsets, seen_items),
-            )
-            rows = slice(start, start + len(u))
-            out_items[rows], out_scores[rows] = items.cpu(), scores.float().cpu()
-            if out_probs is not None:
-                out_probs[rows] = self.model.score_candidates(histories, items.clamp_min(0).cpu(),
-                                                              self.codes).float().cpu()
-        return out_items, out_scores, out_probs
+
+        def block(lo: int, hi: int):  # this rank's rows (all of them without a process group)
+            n = hi - lo
+            out_items = torch.full((n, k), -1, dtype=torch.int64)
+            out_scores = torch.full((n, k), -np.inf, dtype=torch.float32)
+            out_probs = None if self.rank_by == "beam" else torch.zeros((n, k), dtype=torch.float32)
+            for start in range(lo, hi, self.batch_size):
+                u, e = users[start:min(start + self.batch_size, hi)], ends[start:min(start + self.batch_size, hi)]
+                histories = gather_histories(inter, u, e, self.cfg.data.max_seq_len)
+                step, _ = self.model.make_step_fn(histories, self.codes)
+                seen_offsets, seen_items = _history_items(inter, u, e)
+                items, scores = constrained_beam_search(
+                    # The model recomputes each step from the code prefix, so the beam reordering needs no cache
+                    # update.
+                    lambda level, prefix, beam_state, step=step: step(level, prefix),
+                    self.trie, len(u), beam, k, steering=steering, item_info=info, seen=(seen_offsets, seen_items),
+                )
+                rows = slice(start - lo, start - lo + len(u))
+                out_items[rows], out_scores[rows] = items.cpu(), scores.float().cpu()
+                if out_probs is not None:
+                    out_probs[rows] = self.model.score_candidates(histories, items.clamp_min(0).cpu(),
+                                                                  self.codes).float().cpu()
+            return out_items, out_scores, out_probs
+
+        return sharded_rows(block, len(users))
 
     def _info(self, inter: Interactions) -> ItemInfo:
         if self._item_info is None or self._item_info[0] is not inter.items:
@@ -183,14 +190,17 @@ class GenerativeSystem:
     def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> np.ndarray:
         targets = np.asarray(targets, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
-        out = np.empty(items.shape, dtype=np.float64)
-        for start in range(0, len(targets), self.batch_size):
-            sl = slice(start, start + self.batch_size)
-            cand = torch.from_numpy(items[sl].reshape(len(targets[sl]), -1))
-            probs = self.model.score_candidates(self._histories(inter, targets[sl]), cand, self.codes)
-            out[sl] = probs.cpu().double().numpy().reshape(items[sl].shape)
-        return out
 
+        def block(lo: int, hi: int) -> np.ndarray:
+            out = np.empty((hi - lo, *items.shape[1:]), dtype=np.float64)
+            for start in range(lo, hi, self.batch_size):
+                sl = slice(start, min(start + self.batch_size, hi))
+                cand = torch.from_numpy(items[sl].reshape(len(targets[sl]), -1))
+                probs = self.model.score_candidates(self._histories(inter, targets[sl]), cand, self.codes)
+                out[start - lo:sl.stop - lo] = probs.cpu().double().numpy().reshape(items[sl].shape)
+            return out
+
+        return sharded_rows(block, len(targets))
 
 def _history_items(inter: Interactions, users: np.ndarray, ends: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Jagged (offsets [n + 1], items) of the events offsets[u]:end of each (user, end): what exclude-seen reads."""

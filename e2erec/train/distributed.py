@@ -97,6 +97,16 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
 
 
+def join_launched_group(device: str = "auto") -> tuple[int, int]:
+    """(rank, world size) of a process started by torchrun, srun or the deepspeed launcher, after joining its
+    process group; (0, 1) for a plain process, which creates no group. For commands that shard work by rows
+    (`e2erec eval`, `e2erec generate`)."""
+    if int(launcher_env()["WORLD_SIZE"]) <= 1:
+        return 0, 1
+    info = init_distributed("cpu" if device == "cpu" else "auto")
+    return info.rank, info.world_size
+
+
 def skip_cpu_shm_comm_build() -> None:
     """Stop DeepSpeed from JIT-compiling its CPU shared-memory comm op (~60 s of gcc on every fresh machine).
 

@@ -132,3 +132,36 @@ def test_zero3_srun_preempt_and_resume_matches(sids_dir, tmp_path):
     got = train_losses(d)
     assert final(d)["status"] == "completed" and sorted(got) == list(range(4, 9))
     assert [got[s] for s in range(4, 9)] == pytest.approx([ref[s] for s in range(4, 9)], rel=RESUME_RTOL)
+
+
+def test_sharded_eval_on_two_ranks_equals_the_single_process_report(sids_dir, tmp_path):
+    """`e2erec eval` under torchrun: each rank generates and scores half of the users (validation for the joint
+    weight, then test), rank 0 writes the report, and its numbers are the single-process run's."""
+    run_checked(e2erec_cmd() + overrides(tmp_path / "m", sids_dir), subprocess_env())
+    args = ["--export", str(tmp_path / "m" / "export"), "--systems", "popularity", "eval.bootstrap=20",
+            "eval.beam_size=10", "eval.top_k=10", "eval.ks=[1,5,10]", "--device", "cpu"]
+    run_checked([sys.executable, "-m", "e2erec", "eval", *args, "--out", str(tmp_path / "single")], subprocess_env())
+    proc = run_checked([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        f"--master_port={free_port()}", "-m", "e2erec", "eval", *args, "--out", str(tmp_path / "sharded")],
+                       subprocess_env())
+    assert all(f"rank {r}: generation and scoring sharded over 2 ranks" in proc.stdout for r in (0, 1)), proc.stdout[-2000:]
+    single, sharded = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("single", "sharded"))
+    assert [s["name"] for s in sharded["systems"]] == [s["name"] for s in single["systems"]]
+    for a, b in zip(single["systems"], sharded["systems"]):
+        for block in ("overall", "calibration", "segments"):
+            want, got = _leaves(a[block]), _leaves(b[block])
+            assert got.keys() == want.keys() and (len(want) > 10 or block == "calibration"), (a["name"], block)
+            numbers = [k for k, v in want.items() if isinstance(v, float)]
+            assert {k: got[k] for k in numbers} == pytest.approx({k: want[k] for k in numbers}, rel=1e-6,
+                                                                 nan_ok=True), (a["name"], block)
+            assert {k: v for k, v in got.items() if k not in numbers} == {
+                k: v for k, v in want.items() if k not in numbers}, (a["name"], block)
+        assert (b["fit_log"] or {}).get("joint_weight") == (a["fit_log"] or {}).get("joint_weight")
+    assert sharded["setup"] == single["setup"]
+
+
+def _leaves(tree, prefix: str = "") -> dict:
+    """A nested report block as {dotted key: number}."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in (tree or {}).items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
