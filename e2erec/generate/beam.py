@@ -175,7 +175,7 @@ def static_node_values(trie: PrefixTrie, steering: SteeringConfig | None, info: 
     key = (None if steering is None else
            (tuple(steering.include_categories), tuple(sorted(steering.boost_categories.items())),
             steering.freshness_weight, explore), id(info))
-    memo = trie.__dict__.setdefault("_node_values_memo", {})
+    memo = trie.memo
     if key in memo and memo[key][0] is info:
         return memo[key][1]
     static = item_values(steering, info, trie.leaf_item.numel()).to(trie.device)

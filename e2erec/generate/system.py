@@ -42,7 +42,15 @@ class GenerativeSystem:
         self.model = model.eval()
         self.sids = semantic_ids
         self.codes = semantic_ids.codes
-        self.trie = semantic_ids.trie.to(next(model.parameters()).device)
+        device = next(model.parameters()).device
+        try:
+            self.trie = semantic_ids.trie.to(device)
+        except torch.OutOfMemoryError:
+            from e2erec.errors import E2ERecError
+
+            size = semantic_ids.trie.nbytes() / 2**30
+            raise E2ERecError(f"the semantic-ID trie ({semantic_ids.trie.leaf_item.numel():,} items, {size:.2f} GiB) "
+                              f"does not fit on {device}; run generation with --device cpu") from None
         self.cfg = cfg
         self.rank_by = rank_by
         if rank_by not in ROW_NAMES:

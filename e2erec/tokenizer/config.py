@@ -29,6 +29,10 @@ class TokenizerConfig:
     encode_batch_size: int = 128
     max_text_tokens: int = 64
     collaborative_dim: int = 64
+    # Co-occurrence of the collaborative embedding: 0 = every pair of items in a user's training history (X^T X,
+    # cost: sum of squared history lengths), w > 0 = pairs at most w events apart (cost: events x w, linear in the
+    # log; what catalogues of 10^8+ events need, see scripts/bench_scale.py).
+    cooccurrence_window: int = 0
     quantizer: Literal["rq_kmeans", "rq_vae", "random"] = "rq_kmeans"
     levels: int = 3
     codebook_size: int = 256
@@ -52,5 +56,7 @@ class TokenizerConfig:
         bad = [f for f in fields if f not in TEMPLATE_FIELDS]
         if bad:
             raise ValueError(f"template field {{{bad[0]}}} is unknown; valid fields: {', '.join(TEMPLATE_FIELDS)}")
+        if self.cooccurrence_window < 0:
+            raise ValueError(f"cooccurrence_window must be >= 0 (0 = whole histories), got {self.cooccurrence_window}")
         if self.kmeans_iters < 1 or self.kmeans_points_per_centroid < 1:
             raise ValueError("kmeans_iters and kmeans_points_per_centroid must be >= 1")

@@ -25,6 +25,9 @@ class PrefixTrie:
         self.leaf_item = leaf_item
         self.item_node = item_node
         self.codebook_sizes = list(codebook_sizes)
+        # Values derived per node and reused by every search over this trie (e2erec.generate.beam memoises its
+        # user-independent steering values here).
+        self.memo: dict = {}
 
     @classmethod
     def build(cls, codes: torch.Tensor, codebook_sizes: list[int]) -> PrefixTrie:
@@ -59,6 +62,11 @@ class PrefixTrie:
     def n_nodes(self, depth: int) -> int:
         """Number of nodes at depth 0..n_levels (depth n_levels: leaves = items)."""
         return self.leaf_item.numel() if depth == self.n_levels else self.children[depth].shape[0]
+
+    def nbytes(self) -> int:
+        """Bytes of the trie's tensors (what moving it to a device costs)."""
+        tensors = [*self.children, self.leaf_item, *self.item_node]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def to(self, device: torch.device | str) -> PrefixTrie:
         return PrefixTrie([c.to(device) for c in self.children], self.leaf_item.to(device),

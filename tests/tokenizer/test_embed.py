@@ -7,7 +7,13 @@ import pytest
 
 from e2erec.config import ConfigError, from_dict
 from e2erec.tokenizer.config import TokenizerConfig
-from e2erec.tokenizer.embed import collaborative_embeddings, embed_items, render_item_texts
+from e2erec.tokenizer.embed import (
+    collaborative_embeddings,
+    embed_items,
+    render_item_texts,
+    training_matrix,
+    windowed_cooccurrence,
+)
 
 
 def test_template_rendering_drops_unknowns_and_repeats(make_tiny):
@@ -34,6 +40,32 @@ def test_collaborative_embedding_reads_training_events_only(make_tiny):
     inter.item[held_out] = (inter.item[held_out] + 7) % 24  # change only validation/test events
     b, _ = collaborative_embeddings(inter, split, 8)
     assert np.allclose(a, b, atol=1e-5)
+
+
+def test_windowed_cooccurrence_counts_close_training_pairs_and_covers_whole_histories(make_tiny):
+    """Brute force over each user's training history: pairs at most w apart, both orders; a window as long as the
+    longest history sees every pair that X^T X does (X^T X counts a user's pair once, the window every time)."""
+    inter, split = make_tiny()
+    w = 3
+    c = windowed_cooccurrence(inter, split, w).toarray()
+    want = np.zeros_like(c)
+    longest = 0
+    for u in range(inter.n_users):
+        hist = inter.item[inter.offsets[u]:split.train_end[u]]
+        longest = max(longest, len(hist))
+        for i in range(len(hist)):
+            for j in range(i + 1, min(i + w + 1, len(hist))):
+                want[hist[i], hist[j]] += 1
+                want[hist[j], hist[i]] += 1
+    np.testing.assert_array_equal(c, want)
+    full = windowed_cooccurrence(inter, split, longest).toarray() > 0
+    x = training_matrix(inter, split)
+    xtx = (x.T @ x).toarray()
+    np.fill_diagonal(xtx, 0)
+    off = ~np.eye(len(c), dtype=bool)
+    np.testing.assert_array_equal(full[off], (xtx > 0)[off])
+    emb, cold = collaborative_embeddings(inter, split, 8, window=w)
+    assert emb.shape == (24, 8) and cold == 0
 
 
 def test_items_without_text_fall_back_to_collaborative_and_say_so(make_tiny, tmp_path, capsys):
