@@ -39,7 +39,7 @@ class BatchStream:
         self._consumed_state = sampler.state_dict()
         self._pool = ThreadPoolExecutor(num_workers, thread_name_prefix="e2erec-batches") if num_workers > 0 else None
         self._depth = 2 * num_workers
-        self._ahead: collections.deque[tuple[Future, dict[str, Any], int]] = collections.deque()
+        self._ahead: collections.deque[tuple[Future, dict[str, Any]]] = collections.deque()
 
     def _draw(self):
         """The next index batch, continuing across epochs; the sampler's (epoch, position) after it."""
@@ -68,23 +68,17 @@ class BatchStream:
             return self._build(indices, step, micro)
         while len(self._ahead) < self._depth:
             indices, step, micro = self._advance()
-            self._ahead.append((self._pool.submit(self._build, indices, step, micro), self.sampler.state_dict(),
-                                self.epoch))
-        future, state, _ = self._ahead.popleft()
+            self._ahead.append((self._pool.submit(self._build, indices, step, micro), self.sampler.state_dict()))
+        future, state = self._ahead.popleft()
         self._consumed_state = state
         return future.result()
-
-    @property
-    def consumed_epoch(self) -> int:
-        """The epoch of the last batch training consumed."""
-        return int(self._consumed_state["epoch"])
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self._consumed_state)
 
     def close(self) -> None:
         if self._pool is not None:
-            for future, _, _ in self._ahead:
+            for future, _ in self._ahead:
                 future.cancel()
             self._ahead.clear()
             self._pool.shutdown(wait=True, cancel_futures=True)
