@@ -162,10 +162,9 @@ def _seen_pairs(seen, batch_size: int, device) -> tuple[torch.Tensor, torch.Tens
         return rows, items.long()
     if len(seen) != batch_size:
         raise ValueError(f"seen must hold one item list per user ({batch_size}), got {len(seen)}")
-    lengths = torch.tensor([len(x) for x in seen], dtype=torch.long)
-    rows = torch.repeat_interleave(torch.arange(batch_size), lengths).to(device)
-    flat = [int(i) for x in seen for i in x]
-    return rows, torch.tensor(flat, dtype=torch.long, device=device)
+    lists = [torch.as_tensor(x, dtype=torch.long).reshape(-1) for x in seen]
+    rows = torch.repeat_interleave(torch.arange(batch_size), torch.tensor([len(x) for x in lists]))
+    return rows.to(device), torch.cat(lists).to(device) if lists else torch.zeros(0, dtype=torch.long, device=device)
 
 
 def static_node_values(trie: PrefixTrie, steering: SteeringConfig | None, info: ItemInfo | None,

@@ -21,7 +21,7 @@ import torch
 
 from e2erec.data.jagged import gather_histories
 from e2erec.data.types import Interactions, Split
-from e2erec.eval.protocol import target_users
+from e2erec.eval.protocol import history_events, target_users
 from e2erec.generate.beam import ItemInfo, constrained_beam_search
 from e2erec.utils.shards import sharded_rows
 
@@ -212,11 +212,9 @@ class GenerativeSystem:
 
 def _history_items(inter: Interactions, users: np.ndarray, ends: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Jagged (offsets [n + 1], items) of the events offsets[u]:end of each (user, end): what exclude-seen reads."""
-    begin = np.asarray(inter.offsets)[users]
-    lengths = np.asarray(ends) - begin
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    rows = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - begin, lengths)  # flat event index of each entry
-    return torch.from_numpy(offsets), torch.from_numpy(np.asarray(inter.item)[rows].astype(np.int64))
+    rows, items = history_events(inter, users, ends)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(users)))]).astype(np.int64)
+    return torch.from_numpy(offsets), torch.from_numpy(items.astype(np.int64))
 
 
 def resolve_device(device: str) -> torch.device:
