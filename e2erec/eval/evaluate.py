@@ -139,6 +139,8 @@ def evaluate_system(system: Recommender, ctx: Context) -> dict:
         "seconds": {"recommend": rec_seconds, "predict_proba": proba_seconds},
         "_per_event": per_event,  # kept in memory for paired comparisons; dropped from the JSON
         "_calib_samples": samples,  # likewise
+        "_recs": recs,  # the lists, for --predictions; likewise
+        "_proba": proba,
     }
 
 

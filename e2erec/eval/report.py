@@ -1,6 +1,6 @@
 """One evaluation -> one report: `report.md`, `report.json` and PNG plots, written atomically into `out_dir`.
 
-    results = evaluate_systems([pop, sasrec, cascade, e2e], inter, split, cfg.eval, run_dir / "eval")
+    results = evaluate_systems([e2e, pop, sasrec, cascade], inter, split, cfg.eval, run_dir / "eval")
 
 Systems arrive fitted; all are measured on the same test targets with the same bootstrap resamples, so the
 "vs" table is a paired comparison. The report states every number, including those where a system loses.
@@ -35,10 +35,12 @@ COMPARE_KEYS = ("hr@10", "ndcg@10", "mrr")
 
 def evaluate_systems(
     systems: list[Recommender], inter: Interactions, split: Split, cfg: EvalConfig, out_dir: str | Path | None,
-    progress: bool = True,
+    progress: bool = True, predictions: str | Path | None = None,
 ) -> dict:
     """Evaluate fitted `systems` on `split.test` and write report.md / report.json / *.png into `out_dir` (None:
-    write nothing, e.g. on the ranks other than 0 of a sharded evaluation).
+    write nothing, e.g. on the ranks other than 0 of a sharded evaluation). `predictions`: also write every system's
+    top-K list per test target there (`write_test_predictions`). List the systems under study first: the report's
+    paired table shows each pair once, with the system listed earlier as the row system.
 
     Returns the report as a dict (what report.json holds); prints the path of report.md.
     """
@@ -50,9 +52,11 @@ def evaluate_systems(
     ctx = Context(inter, split, cfg)
     results = [evaluate_system(s, ctx) for s in tqdm(systems, desc="evaluate", disable=not progress)]
     comparisons = _comparisons(results, ctx)
+    if predictions is not None and out_dir is not None:
+        write_test_predictions(predictions, results, ctx)
     for r in results:
-        r.pop("_per_event")
-        r.pop("_calib_samples")
+        for key in ("_per_event", "_calib_samples", "_recs", "_proba"):
+            r.pop(key)
     report = {"dataset": inter.meta.get("name", ""), "setup": ctx.summary(), "systems": results,
               "comparisons": comparisons, "ks": list(cfg.ks), "ece_bins": cfg.ece_bins}
     if out_dir is None:
@@ -72,6 +76,26 @@ def evaluate_systems(
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     print(f"evaluation report: {out_dir / 'report.md'}")
     return report
+
+
+def write_test_predictions(path: str | Path, results: list[dict], ctx: Context) -> Path:
+    """One row per (system, test target): the user, the held-out item and its label, the system's P(positive) for
+    it (calibrated systems), and its top-K list, all in the dataset's raw ids. An outside script recomputes the
+    report's ranking metrics from these rows alone."""
+    import pyarrow as pa
+
+    from e2erec.eval.predictions import predictions_table, write_table
+
+    inter, n = ctx.inter, len(ctx.targets)
+    users = [inter.user_raw_id[u] for u in ctx.users]
+    targets = np.asarray(inter.items.raw_id, dtype=object)[ctx.items].astype(str).tolist()
+    tables = []
+    for r in results:
+        proba = r["_proba"] if r["_proba"] is not None else np.full(n, np.nan)
+        tables.append(predictions_table(
+            {"system": [r["name"]] * n, "user": users, "target_item": targets, "label": ctx.labels.astype(int),
+             "p_positive": proba}, r["_recs"], None, inter.items.raw_id))
+    return write_table(path, pa.concat_tables(tables))
 
 
 def _comparisons(results: list[dict], ctx: Context) -> list[dict]:
@@ -171,7 +195,12 @@ def render_markdown(report: dict) -> str:
     lines += _table(["system"] + list(BEYOND_KEYS), [[r["name"]] + [_fmt(r["overall"][k]) for k in BEYOND_KEYS]
                                                      for r in systems])
     lines += ["", "## Segments", ""]
+    empty = [seg for seg, n in s["segments"].items() if n == 0]
+    if empty:
+        lines += [f"Left out, with no test targets: {'; '.join(empty)}.", ""]
     for seg, n in s["segments"].items():
+        if n == 0:
+            continue
         lines += [f"**{seg}** — {n} targets", ""]
         seg_keys = ["hr@10", "ndcg@10", "mrr"]
         lines += _table(["system"] + seg_keys, [[r["name"]] + [_fmt(r["segments"][seg].get(k)) for k in seg_keys]
@@ -183,9 +212,13 @@ def render_markdown(report: dict) -> str:
                     [[r["name"]] + [("n/a" if math.isnan(v) else f"{v:.4f}") for v in r["by_history_length"][HEADLINE]]
                      for r in systems])
     lines += ["", f"({HEADLINE} per bucket.)", "", "## Paired comparisons", "",
-              "Difference = row system − other system over the same targets and the same user resamples.", ""]
+              ("Each pair once, the system listed first as the row system (report.json holds both directions): "
+               "difference = row system − other system over the same targets and the same user resamples."), ""]
+    order = {r["name"]: i for i, r in enumerate(systems)}
+    shown = [HEADLINE, *PAIRED_CALIBRATION]
+    once = [c for c in report["comparisons"] if c["metric"] in shown and order[c["system"]] < order[c["vs"]]]
     rows = [[c["system"], c["vs"], c["metric"], _fmt(c["difference"]), c["verdict"]]
-            for c in report["comparisons"] if c["metric"] in (HEADLINE, *PAIRED_CALIBRATION)]
+            for c in sorted(once, key=lambda c: shown.index(c["metric"]))]
     lines += _table(["system", "vs", "metric", "difference", "verdict"], rows)
     if any(c["metric"] in PAIRED_CALIBRATION for c in report["comparisons"]):
         lines += ["", ("Calibration rows: the metric is recomputed for both systems on each resample. Lower is better "
@@ -199,25 +232,20 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Summary metrics and whether higher is better. LogLoss beside ECE: the proper scoring rule (calibration and
+# discrimination in one number), less noisy than a 15-bin ECE on a few hundred labels.
+SUMMARY_METRICS = {"hr@10": True, HEADLINE: True, "mrr": True, "logloss": False, "ece": False}
+METRIC_LABELS = {"logloss": "LogLoss", "ece": "ECE"}
+
+
 def _summary(report: dict) -> list[str]:
-    """Best system per headline metric, and for every system which others it beats on the headline metric."""
+    """Per summary metric, the best system if the paired test finds one; then, for every system, which others it
+    beats on the headline metric and on ECE."""
     systems = report["systems"]
-    lines = []
-    for key, higher in (("hr@10", True), (HEADLINE, True), ("mrr", True)):
-        vals = [(r["overall"][key]["value"], r["name"]) for r in systems if key in r["overall"]]
-        if vals:
-            v, name = (max if higher else min)(vals)
-            lines.append(f"- Best test {key}: **{name}** ({v:.4f}).")
-    # LogLoss beside ECE: the proper scoring rule (calibration and discrimination in one number), less noisy than
-    # a 15-bin ECE on a few hundred labels.
-    best = {}
-    for key in ("logloss", "ece"):
-        calibrated = [(r["calibration"][key]["value"], r["name"]) for r in systems if r["calibration"]]
-        if calibrated:
-            best[key] = min(calibrated)
-    if best:
-        lines.append(f"- Lowest ECE: **{best['ece'][1]}** ({best['ece'][0]:.4f}); lowest LogLoss: "
-                     f"**{best['logloss'][1]}** ({best['logloss'][0]:.4f}); systems without a calibrated head: "
+    lines = [line for key, higher in SUMMARY_METRICS.items()
+             if (line := _best_line(report, key, higher)) is not None]
+    if any(r["calibration"] for r in systems):
+        lines.append("- Systems without a calibrated head (not in the LogLoss and ECE lines): "
                      + (", ".join(r["name"] for r in systems if not r["calibration"]) or "none") + ".")
     for metric in (HEADLINE, "ece"):
         for r in systems:
@@ -232,12 +260,52 @@ def _summary(report: dict) -> list[str]:
     return lines
 
 
+def _metric_value(system: dict, key: str) -> float | None:
+    block = system["overall"] if key in system["overall"] else (system["calibration"] or {})
+    value = block[key]["value"] if key in block else None
+    return None if value is None or math.isnan(value) else value
+
+
+def _best_line(report: dict, key: str, higher: bool) -> str | None:
+    """A system is named best on `key` only when its paired interval against every other scored system excludes
+    zero in its favour; a higher (lower) point value alone is not a lead worth naming."""
+    scored = [(r["name"], v) for r in report["systems"] if (v := _metric_value(r, key)) is not None]
+    if not scored:
+        return None
+    label = METRIC_LABELS.get(key, key)
+    if len(scored) == 1:
+        return f"- Test {label}: only {scored[0][0]} is scored ({scored[0][1]:.4f})."
+    values = dict(scored)
+    verdicts: dict[str, dict[str, str]] = {}
+    for c in report["comparisons"]:
+        if c["metric"] == key:
+            verdicts.setdefault(c["system"], {})[c["vs"]] = c["verdict"]
+    for name, v in scored:
+        against = verdicts.get(name, {})
+        if len(against) == len(scored) - 1 and all(x == "better" for x in against.values()):
+            return (f"- {'Best' if higher else 'Lowest'} test {label}: **{name}** ({v:.4f}), significantly "
+                    f"{'better' if higher else 'lower'} than every other system (paired bootstrap, 95%).")
+    leader, v = (max if higher else min)(scored, key=lambda s: s[1])  # the first listed, on a tie
+    level = "highest" if higher else "lowest"
+    if any(x.startswith("no interval") for x in verdicts.get(leader, {}).values()):
+        return f"- Test {label}: not tested (bootstrap off); {level} value {v:.4f} ({leader})."
+    unbeaten = [b for b, x in verdicts.get(leader, {}).items() if x != "better"]
+    return (f"- Test {label}: no significant difference at the top (paired bootstrap, 95%): {leader} ({v:.4f}) is "
+            f"not significantly {'better' if higher else 'lower'} than "
+            + ", ".join(f"{b} ({values[b]:.4f})" for b in unbeaten) + ".")
+
+
 def _stage_logs(fit_log: dict | None) -> list[tuple[str, dict]]:
     if not fit_log:
         return []
     if ("valid" in fit_log and "metric" in fit_log and "best_epoch" in fit_log) or "selected_step" in fit_log:
         return [("", fit_log)]
     return [(f" ({stage})", log) for stage, log in fit_log.items() if isinstance(log, dict)]
+
+
+def _trained_model(log: dict):
+    """Which trained model a stage's log belongs to: the orders of one end-to-end export share it."""
+    return log.get("export") or (tuple(log["valid"]), log.get("wall_s"))
 
 
 def _si(x: float) -> str:
@@ -266,7 +334,7 @@ def _training_section(systems: list[dict]) -> list[str]:
                     rows.append([name, log.get("metric", ""), "—", f"step {log['selected_step']}", "—", "—", "—", "—",
                                  "—"])
                 continue
-            same = log.get("export") or (tuple(log["valid"]), log.get("wall_s"))  # which trained model this is
+            same = _trained_model(log)
             if same in seen:  # another order of the same trained model
                 extras.append(f"- {name}: the trained model of {seen[same]} (above), in its own order")
                 continue
@@ -377,19 +445,67 @@ def _plot_history(results: list[dict]) -> bytes:
     return _figure_bytes(fig)
 
 
-def _plot_training(results: list[dict]) -> bytes | None:
-    # Retrieval-type scores only (higher is better); the rankers' LogLoss curves are listed in report.md.
-    curves = [(f"{r['name']}{stage}", log) for r in results for stage, log in _stage_logs(r["fit_log"])
-              if "best_epoch" in log and log["valid"] and log.get("higher_is_better", log["metric"] != "logloss")]
-    if not curves:
+def _validation_curves(results: list[dict]) -> list[tuple[str, dict]]:
+    """(label, log) of every trained stage with a validation curve, one per trained model: the orders of one
+    end-to-end export share a curve, labelled with all their names."""
+    curves: dict = {}
+    for r in results:
+        for stage, log in _stage_logs(r["fit_log"]):
+            if "best_epoch" in log and log.get("valid"):
+                names, _ = curves.setdefault(_trained_model(log), ([], log))
+                names.append(f"{r['name']}{stage}")
+    return [(" / ".join(names), log) for names, log in curves.values()]
+
+
+def _eval_positions(log: dict) -> tuple[np.ndarray, str]:
+    """Where each validation score was taken and in what unit: epochs 1..n for a unit of "epoch", or steps for a
+    unit of "N steps" (every N steps, and the last step when training stopped between two evaluations)."""
+    n = len(log["valid"])
+    every, _, unit = log.get("unit", "epoch").partition(" ")
+    if not unit:
+        return np.arange(1, n + 1), every
+    steps = int(every) * np.arange(1, n + 1)
+    return (np.minimum(steps, log["steps"]) if "steps" in log else steps), unit.removesuffix("s")
+
+
+def _training_figure(results: list[dict]):
+    """One panel per validation metric and unit (epoch or step), each trained stage's curve in it, the kept
+    evaluation starred; None when no stage has a curve."""
+    from matplotlib.ticker import MaxNLocator
+
+    panels: dict[tuple[str, bool, str], list[tuple[str, dict, np.ndarray]]] = {}
+    for label, log in _validation_curves(results):
+        x, unit = _eval_positions(log)
+        higher = log.get("higher_is_better", log["metric"] != "logloss")
+        panels.setdefault((log["metric"], higher, unit), []).append((label, log, x))
+    if not panels:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for label, log in curves:
-        valid = np.array(log["valid"])
-        ax.plot(np.arange(1, len(valid) + 1), valid, "o-", ms=3, label=label)
-        ax.plot([log["best_epoch"]], [valid[log["best_epoch"] - 1]], "k*", ms=8)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation score (* = kept epoch)")
-    ax.legend(fontsize=8)
-    return _figure_bytes(fig)
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, ((metric, higher, unit), curves) in zip(axes.flat, panels.items()):
+        for label, log, x in curves:
+            valid = np.array(log["valid"])
+            (line,) = ax.plot(x, valid, "o-", ms=3, label=label)
+            # The kept weights: the selected step where the log names one (select=last keeps the last step,
+            # whatever scored best), else the best evaluation.
+            kept = log.get("selected_step", x[log["best_epoch"] - 1])
+            at = np.flatnonzero(x == kept)
+            if len(at):
+                ax.plot(x[at[-1]], valid[at[-1]], "*", ms=12, color=line.get_color(), mec="k")
+        ax.plot([], [], "k*", ms=10, label="kept (test numbers)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(unit)
+        ax.set_ylabel(f"validation {metric} ({'higher' if higher else 'lower'} is better)")
+        ax.legend(fontsize=7)
+    fig.suptitle("Validation score per evaluation")
+    fig.tight_layout()
+    return fig
+
+
+def _plot_training(results: list[dict]) -> bytes | None:
+    fig = _training_figure(results)
+    return None if fig is None else _figure_bytes(fig)

@@ -70,7 +70,7 @@ class GenerativeSystem:
         `device`: where the model, the trie and the search run ("auto": the GPU when there is one). Returns
         (system, dataset)."""
         from e2erec.data import load_dataset
-        from e2erec.model.export import export_meta, load_exported
+        from e2erec.model.export import export_meta, load_exported, semantic_ids_dir
         from e2erec.tokenizer import SemanticIDs
 
         model, cfg = load_exported(export_dir, resolve_device(device))
@@ -78,7 +78,7 @@ class GenerativeSystem:
             cfg = dataclasses.replace(cfg, eval=eval_cfg)
         inter = inter if inter is not None else load_dataset(cfg.data)
         meta = export_meta(export_dir)
-        system = cls(model, SemanticIDs.load(meta["semantic_ids"]["path"], inter), cfg, **kwargs)
+        system = cls(model, SemanticIDs.load(semantic_ids_dir(export_dir), inter), cfg, **kwargs)
         # Which weights these are and how training stopped, for the report's training section.
         system.fit_log = {**meta.get("fit_log", {}), "export": str(Path(export_dir).resolve()),
                           "selected_step": meta["step"],

@@ -2,11 +2,16 @@
 
     <export>/
         model.safetensors   full (un-sharded) weights, fp32 (integer buffers keep their dtype)
+        config.json         the model config, Hugging Face style
         config.yaml         the resolved run config
-        meta.json           format, codebook sizes, catalogue size, the semantic-ID artifact reference (path + digest),
-                            the step whose weights these are, the steps trained, tokens, the training record
+        meta.json           format, codebook sizes, catalogue size, the semantic-ID artifact reference (folder +
+                            digest), the step whose weights these are, the steps trained, tokens, the training record
+        semantic_ids/       the semantic-ID artifact (`SemanticIDs.load`)
+        items.parquet       item index -> raw id, title, categories, year
+        README.md           the model card
 
     model, cfg = load_exported("runs/default/export")
+    sids_dir = semantic_ids_dir("runs/default/export")
 
 The writer is `e2erec.train.export.export_model`.
 """
@@ -25,14 +30,30 @@ from e2erec.errors import ArtifactMismatchError
 from e2erec.model.model import GenerativeRecommender
 
 FORMAT_VERSION = 1
+SEMANTIC_IDS_DIR = "semantic_ids"
+ITEMS_FILE = "items.parquet"
 
 
 def export_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if not path.is_dir():
+        raise ArtifactMismatchError(f"{path}: no such export folder" if not path.exists()
+                                    else f"{path}: not a folder (an export is the folder `e2erec train` writes)")
     try:
         return json.loads((path / "meta.json").read_text())
     except FileNotFoundError:
         raise ArtifactMismatchError(f"{path}: not an e2erec export (no meta.json)") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactMismatchError(f"{path}/meta.json: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") \
+            from None
+
+
+def semantic_ids_dir(path: str | Path) -> Path:
+    """The semantic-ID artifact of an export: its own `semantic_ids/` (exports written before they were
+    self-contained name an absolute path instead)."""
+    path = Path(path)
+    ref = Path(export_meta(path)["semantic_ids"]["path"])
+    return ref if ref.is_absolute() else path / ref
 
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, RunConfig]:

@@ -30,12 +30,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from e2erec.config import shipped_dir
 from e2erec.errors import E2ERecError
 from e2erec.sweep.spec import Point, SweepSpec
 from e2erec.utils.io import atomic_write_json, atomic_write_text
 
-REPO = Path(__file__).resolve().parents[2]
-ARRAY_SCRIPT = REPO / "slurm" / "sweep_array.sbatch"
+SLURM_DIR = shipped_dir("slurm")  # e2erec/slurm/ in an installed wheel, <checkout>/slurm/ in a source checkout
+ARRAY_SCRIPT = SLURM_DIR / "sweep_array.sbatch"
 ATTEMPT = "sweep_attempt.json"  # the sweep's own record of a local launch: command, start, exit status
 
 
@@ -150,8 +151,10 @@ def submit_slurm(spec: SweepSpec, points_file: Path, points: list[Point], extra_
         f"--output={logs}/%A_%a.out", *spec.sbatch_args, *(extra_args or []),
         *(["--wait"] if wait else []), str(ARRAY_SCRIPT),
     ]
-    env = {**os.environ, "E2EREC_POINTS": str(points_file.resolve()), "E2EREC_ROOT": str(REPO),
+    env = {**os.environ, "E2EREC_POINTS": str(points_file.resolve()), "E2EREC_SLURM_DIR": str(SLURM_DIR),
            "E2EREC_PYTHON": os.environ.get("E2EREC_PYTHON", sys.executable)}
+    if SLURM_DIR.parent != Path(__file__).resolve().parents[1]:
+        env["E2EREC_ROOT"] = str(SLURM_DIR.parent)  # a checkout: the tasks run in it; a wheel's, in the submit dir
     try:
         proc = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True)
     except FileNotFoundError:

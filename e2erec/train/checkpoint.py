@@ -4,9 +4,16 @@ Layout of one checkpoint (a step folder appears only once complete, by a single 
 
     <run_dir>/checkpoints/step_00000300/
         ds/                    DeepSpeed engine state: module, optimizer (ZeRO shards), LR scheduler
+        latest                 the tag ("ds"), DeepSpeed's convention: its tools find `ds/` unaided
+        zero_to_fp32.py        DeepSpeed's converter (ZeRO stages 1-3), copied in by DeepSpeed
         trainer_state.json     step, tokens, data-sampler position, bad steps, elapsed time
         rng_rank{r}.pt         torch / CUDA / python / numpy RNG state of rank r (tensors only: weights_only=True)
         identity.json          model parameter shapes, codebook sizes, data fingerprint, world size, ZeRO stage
+
+Full fp32 weights from a ZeRO-1/2/3 checkpoint, with DeepSpeed's own tool:
+`python step_00000300/zero_to_fp32.py step_00000300 out/ --safe_serialization`. At ZeRO stage 0 there is nothing to
+consolidate (`ds/mp_rank_00_model_states.pt` holds the whole module under "module"; zero_to_fp32 does not apply), and
+at every stage the run's `export/model.safetensors` holds the consolidated weights already.
 
 Our own files load with `torch.load(weights_only=True)` / JSON. The `ds/` files are read by DeepSpeed's
 `load_checkpoint`, which unpickles them itself (weights_only=False, inside deepspeed 0.19.8); resume only from
@@ -147,7 +154,8 @@ def save_checkpoint(engine, root: Path, step: int, trainer_state: dict, identity
         shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a run killed mid-save
         tmp.mkdir(parents=True)
     D.barrier()
-    engine.save_checkpoint(str(tmp), tag="ds", client_state={}, save_latest=False)
+    # `latest` names the tag, as DeepSpeed's own tools expect: zero_to_fp32 works on the step folder unaided.
+    engine.save_checkpoint(str(tmp), tag="ds", client_state={}, save_latest=True)
     torch.save(rng_state(), tmp / f"rng_rank{info.rank}.pt")
     D.barrier()
     if info.is_main:

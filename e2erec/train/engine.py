@@ -20,6 +20,7 @@ every rank (parameters and Adam moments untouched) and aborts after `train.max_b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -71,6 +72,9 @@ class TrainTask(Protocol):
 
     def artifact_ref(self) -> dict[str, Any]: ...
 
+    # What an export carries besides the weights: {"semantic_ids": folder, "item_table": file, "dataset": summary}.
+    def export_assets(self, run_dir: Path, is_main: bool) -> dict[str, Any]: ...
+
 
 class Trainer:
     """Holds the DeepSpeed engine and the run's counters; `run()` is the whole job, `train_step()` one step."""
@@ -99,6 +103,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = task.build_model()
         self.n_params = sum(p.numel() for p in model.parameters())
+        # The resolved config.yaml records this run's own count (configs/model/*.yaml document it for the reference
+        # codebook), so that it agrees with final.json and the export.
+        self.cfg = cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, param_count=self.n_params))
         self.n_params_non_emb = model.num_params(non_embedding=True) if hasattr(model, "num_params") else self.n_params
         self.identity = C.run_identity(model, task.codebook_sizes, task.data_fingerprint, self.info.world_size,
                                        self.tcfg.zero_stage)
@@ -331,7 +338,7 @@ class Trainer:
         self._eval_t = now
         if self.tcfg.select != "best" or not better:
             return
-        self._export(self.run_dir / "best", model.state_dict(), self.step)
+        self._export(self.run_dir / "best", model.state_dict(), self.step, self.last_eval)
         self.best = {"step": self.step, "value": float(value)}
         log.event(self.step, f"best {name} so far: {value:.4f}; weights in {self.run_dir / 'best'}", best=self.best)
 
@@ -440,8 +447,8 @@ class Trainer:
             # once) weights.
             done = self.selected_model(log) if status == "completed" else None
             final_eval = self.evaluate(t.final_eval_max_targets, done) if done is not None else self.last_eval
-            if final_eval:
-                log.log(self.step, _flatten_eval(final_eval), kind="eval")
+            if final_eval:  # its own tags: the last periodic evaluation already logged eval/* at this step
+                log.log(self.step, _flatten_eval(final_eval), kind="final")
             if done is not None and (fitted := self.calibrate(done)):
                 self.calibration = fitted
                 log.event(self.step, f"Platt scaling of the calibration head on {fitted['n_targets']} validation "
@@ -452,7 +459,7 @@ class Trainer:
             why = f" by {self._stop_signal or 'a signal to another rank'}" if status == "preempted" else ""
             log.event(self.step, f"{status}{why}; checkpoint {path}")
             if status == "completed" and t.export:
-                self._export(self.run_dir / "export", done.state_dict(), self._selected_step())
+                self._export(self.run_dir / "export", done.state_dict(), self._selected_step(), final_eval)
             self._write_final(status, final_eval)
             return EXIT_PREEMPTED if status == "preempted" else 0
         except BaseException as e:
@@ -462,12 +469,13 @@ class Trainer:
             self._close_stream()
             log.close()
 
-    def _export(self, out_dir: Path, state: dict[str, torch.Tensor], step: int) -> None:
+    def _export(self, out_dir: Path, state: dict[str, torch.Tensor], step: int, validation: dict[str, Any]) -> None:
+        assets = self.task.export_assets(self.run_dir, self.info.is_main)
         meta = {"codebook_sizes": list(self.task.codebook_sizes), "semantic_ids": self.task.artifact_ref(),
                 "data_fingerprint": self.task.data_fingerprint, "step": step, "trained_steps": self.step,
-                "tokens": self.tokens, "params": self.n_params,
+                "tokens": self.tokens, "params": self.n_params, "validation": validation, "dataset": assets["dataset"],
                 "fit_log": self.training_record()}  # the evaluations so far under the early-stopping rule
-        export_model(out_dir, state, meta, self.cfg, self.info.is_main)
+        export_model(out_dir, state, meta, self.cfg, self.info.is_main, assets["semantic_ids"], assets["item_table"])
 
     def _selected_step(self) -> int:
         return self.best["step"] if self.tcfg.select == "best" and self.best is not None else self.step

@@ -72,7 +72,7 @@ class RunLogger:
         if self._tb is not None:
             for k, v in scalars.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    self._tb.add_scalar(f"{kind}/{k}" if "/" not in k else k, v, step)
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)  # one namespace per kind: tags never collide
 
     def event(self, step: int, message: str, **fields: Any) -> None:
         """A non-scalar happening (skipped step, checkpoint, preemption): a JSON line and a line above the bar."""

@@ -136,6 +136,19 @@ class RecTask:
     def artifact_ref(self) -> dict[str, Any]:
         return dict(self._artifact, data_fingerprint=self.data_fingerprint)
 
+    def export_assets(self, run_dir: Path, is_main: bool) -> dict[str, Any]:
+        """What an export carries besides the weights: the semantic-ID folder, the item table (written once per run
+        into `run_dir`, then linked into every export) and a summary of the training data for the model card."""
+        from e2erec.train.export import write_item_table
+
+        items = run_dir / "items.parquet"
+        if is_main and not items.exists():
+            write_item_table(self.inter.items, items)
+        inter = self.inter
+        return {"semantic_ids": Path(self._artifact["path"]), "item_table": items,
+                "dataset": {"name": inter.meta.get("name", self.cfg.data.name), "n_users": inter.n_users,
+                            "n_items": inter.n_items, "n_events": inter.n_events}}
+
     def build_model(self) -> GenerativeRecommender:
         """The model, its calibration head's item statistics counted over the training events."""
         model = GenerativeRecommender(self.cfg.model, self.codebook_sizes, num_items=len(self.codes))

@@ -38,6 +38,14 @@ def test_malformed_line_names_file_and_line(tmp_path):
         _prepare(tmp_path, path)
 
 
+def test_csv_line_with_the_wrong_number_of_fields_names_file_and_line(tmp_path):
+    csv = tmp_path / "events.csv"
+    # A quoted separator is one field (line 3 is fine); line 4 has five fields.
+    csv.write_text('user_id,item_id,rating,timestamp\nu1,i1,4,100\nu2,"i2,b",3,101\nu7,i3,4,102,extra\n')
+    with pytest.raises(DataError, match=r"events\.csv:4: malformed line, expected 4 fields separated by ',', got 5"):
+        _prepare(tmp_path, csv)
+
+
 def test_mistyped_column_names_line_and_column(tmp_path):
     path = _inter(tmp_path, "1\t10\t4\t100\n1\t11\tgood\t101\n")
     with pytest.raises(DataError, match=r"toy\.inter:3: column 'rating': cannot parse 'good'"):

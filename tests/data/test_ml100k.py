@@ -7,7 +7,6 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-from datasets import Dataset
 
 from e2erec.data import load_dataset, make_split, open_prepared, prepare
 from e2erec.data.config import DataConfig
@@ -90,13 +89,21 @@ def test_temporal_split(ml100k):
     make_split(ml100k, DataConfig())  # restore training popularity of the shared fixture
 
 
-def test_cache_is_reused_and_readable_by_datasets(ml100k, ml100k_config):
+def test_cache_is_reused_and_opens_with_datasets_load_from_disk(ml100k, ml100k_config):
+    import datasets
+
     cache = dataset_dir(ml100k_config, progress=False)[0]
-    stamp = (cache / "events.arrow").stat().st_mtime_ns
+    stamp = (cache / "events" / "data-00000-of-00001.arrow").stat().st_mtime_ns
     again = load_dataset(ml100k_config, progress=False)
-    assert again.meta["cache_dir"] == str(cache) and (cache / "events.arrow").stat().st_mtime_ns == stamp
-    ds = Dataset.from_file(str(cache / "events.arrow"))
-    assert ds.num_rows == 100000 and set(ds.column_names) >= {"item", "timestamp", "feedback", "label"}
+    assert again.meta["cache_dir"] == str(cache)
+    assert (cache / "events" / "data-00000-of-00001.arrow").stat().st_mtime_ns == stamp
+    # The ecosystem's own reader: the cache is a DatasetDict folder.
+    dd = datasets.load_from_disk(str(cache))
+    assert set(dd) == {"events", "users", "items"}
+    assert dd["events"].num_rows == 100000 and set(dd["events"].column_names) >= {"item", "timestamp", "feedback", "label"}
+    assert dd["users"]["raw_id"] == ml100k.user_raw_id and dd["items"]["title"][:3] == ml100k.items.title[:3]
+    first = dd["events"][: int(ml100k.offsets[1])]["item"]  # user 0's rows: offsets[0]:offsets[1]
+    assert first == ml100k.item[: ml100k.offsets[1]].tolist()
 
 
 def test_fingerprint_follows_processing_config(ml100k_config):

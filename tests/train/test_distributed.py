@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from .helpers import REPO, e2erec_cmd, overrides, run_checked, subprocess_env, train_losses
 from .test_engine import RESUME_RTOL
@@ -76,6 +77,20 @@ def final(run_dir: Path) -> dict:
     return json.loads((run_dir / "final.json").read_text())
 
 
+def zero_to_fp32(step_dir: Path, out: Path) -> dict:
+    """DeepSpeed's own converter, run as a user runs it: the script DeepSpeed copied into the checkpoint, on the step
+    folder alone (its `latest` file names the tag). Returns the consolidated fp32 state dict."""
+    from safetensors.torch import load_file
+
+    script = step_dir / "zero_to_fp32.py"
+    assert script.exists() and (step_dir / "latest").read_text().strip() == "ds"
+    run_checked([sys.executable, str(script), str(step_dir), str(out), "--safe_serialization"], subprocess_env())
+    state = {}
+    for shard in sorted(out.glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    return state
+
+
 def test_zero2_torchrun_resume_matches(sids_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     run_checked(torchrun(overrides(a, sids_dir, "train.zero_stage=2")), subprocess_env())
@@ -86,6 +101,16 @@ def test_zero2_torchrun_resume_matches(sids_dir, tmp_path):
     # Two ranks write their ZeRO-2 optimizer shards into one atomic checkpoint folder.
     shards = sorted(p.name for p in (a / "checkpoints" / "step_00000003" / "ds").iterdir())
     assert sum("optim_states" in s for s in shards) == 2, shards
+    # DeepSpeed's zero_to_fp32 consolidates the last checkpoint into the weights the export holds.
+    from safetensors.torch import load_file
+
+    consolidated = zero_to_fp32(a / "checkpoints" / "step_00000006", tmp_path / "fp32")
+    exported = load_file(str(a / "export" / "model.safetensors"))
+    assert consolidated and set(consolidated) <= set(exported)
+    platt = {"calib_scale", "calib_shift"}  # fitted after the last checkpoint, when training has ended
+    assert platt <= set(consolidated)
+    for name in set(consolidated) - platt:
+        torch.testing.assert_close(consolidated[name].to(exported[name].dtype), exported[name], msg=name)
 
     resume = f"train.resume={a / 'checkpoints' / 'step_00000003'}"
     run_checked(torchrun(overrides(b, sids_dir, "train.zero_stage=2", resume, "train.export=false")),
@@ -111,6 +136,14 @@ def test_zero3_srun_preempt_and_resume_matches(sids_dir, tmp_path):
     assert model.num_params() == final(c)["params"]
     assert final(c)["selected_step"] in (4, 8) and export_meta(c / "export")["step"] == final(c)["selected_step"]
     assert export_meta(c / "best")["step"] == final(c)["selected_step"]
+    # DeepSpeed's zero_to_fp32 reassembles the ZeRO-3 partitions of the last checkpoint: every parameter, full shape.
+    consolidated = zero_to_fp32(c / "checkpoints" / "step_00000008", tmp_path / "fp32")
+    params = dict(model.named_parameters())
+    assert set(params) <= set(consolidated)
+    assert all(consolidated[n].shape == p.shape for n, p in params.items())
+    if final(c)["selected_step"] == 8:  # the export holds the last step's weights: the same numbers
+        for name, p in params.items():
+            torch.testing.assert_close(consolidated[name].float(), p.detach(), msg=name)
 
     # Resume from step 3 (as after a kill -9 at any later step), then preempt: SIGTERM reaches rank 1 only; both
     # ranks agree at the next step boundary, checkpoint, and exit 85.

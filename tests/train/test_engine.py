@@ -100,6 +100,10 @@ def test_resume_export_and_mismatch(dist_info, sids_dir, tmp_path):
     assert final["flops"] > 6 * final["non_embedding_params"] * final["tokens"]  # + code heads and attention
     assert 0 < final["eval_loss"] < 20 and "sid_recall@10" in final["metrics"]
     assert [p.name for p in sorted((a_dir / "checkpoints").iterdir())] == ["step_00000003", "step_00000006"]
+    # The resolved config records this run's own parameter count, the one final.json reports.
+    import yaml
+
+    assert yaml.safe_load((a_dir / "config.yaml").read_text())["model"]["param_count"] == final["params"]
 
     # Resume from the step-3 checkpoint into a new run folder: steps 4-6 reproduce the uninterrupted run.
     b_dir = tmp_path / "b"
@@ -137,6 +141,29 @@ def test_resume_export_and_mismatch(dist_info, sids_dir, tmp_path):
     # A checkpoint from another model shape is refused, naming what differs.
     with pytest.raises(ArtifactMismatchError, match=r"blocks\.0\.attn_norm\.weight has shape \[64\] in the checkpoint vs \[32\] now"):
         make_trainer(dist_info, tmp_path / "c", sids_dir, "model.d_model=32", "train.resume=" + str(a_dir)).run()
+
+
+def test_tensorboard_and_metrics_log_each_step_once(dist_info, sids_dir, tmp_path):
+    """Read back with TensorBoard's own EventAccumulator: every tag has each step once, though the last step is
+    evaluated twice (periodically, then the final evaluation of the kept weights under its own tags)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "tb"
+    tr = make_trainer(dist_info, run_dir, sids_dir, "train.tensorboard=true", "train.eval_every=3",
+                      "train.eval_max_targets=32", "train.export=false")
+    assert tr.run() == 0
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"train/loss", "eval/eval_loss", "final/eval_loss"} <= set(tags)
+    for tag in tags:
+        steps = [e.step for e in acc.Scalars(tag)]
+        assert len(steps) == len(set(steps)), (tag, steps)
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 7))
+    assert [e.step for e in acc.Scalars("eval/eval_loss")] == [3, 6]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keyed = [(r["kind"], r["step"]) for r in rows if r["kind"] != "event"]
+    assert len(keyed) == len(set(keyed)) and ("final", 6) in keyed
 
 
 def test_prefetched_batches_checkpoint_the_consumed_position_and_resume_exactly(dist_info, sids_dir, tmp_path):
