@@ -125,12 +125,12 @@ def pad_batch(mb: ModelBatch) -> tuple[ModelBatch, torch.Tensor]:
     timestamp = first_ts.repeat_interleave(L)
     timestamp[new_row] = mb.timestamp
     padded = ModelBatch(
-        offsets=torch.arange(B + 1) * L, max_len=L, codes=scatter(mb.codes, 0), is_bos=scatter(mb.is_bos, True),
+        offsets=torch.arange(B + 1) * L, max_len=L, codes=scatter(mb.codes, 0), item=scatter(mb.item, 0), is_bos=scatter(mb.is_bos, True),
         feedback_id=scatter(mb.feedback_id, 0), label_id=scatter(mb.label_id, 0),
         gap_id=scatter(mb.gap_id, int(mb.gap_id.max())), timestamp=timestamp, num_targets=mb.num_targets,
         gen_index=new_row[mb.gen_index], gen_codes=mb.gen_codes, gen_mask=mb.gen_mask, calib_index=new_row[mb.calib_index],
         calib_label=mb.calib_label, calib_item=mb.calib_item, last_index=new_row[mb.last_index],
-        loss_weights=mb.loss_weights,
+        loss_weights=mb.loss_weights, targets_counted=mb.targets_counted,
     )
     return padded, pad
 
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="*", default=[0, 1],
                    help="train.num_workers values to compare (batches built in the step vs by threads ahead of it)")
     p.add_argument("--versus-model", default="tiny", help="model for jagged vs padded (cpu mode)")
-    p.add_argument("--versus-seqs", type=int, default=32)
+    p.add_argument("--versus-seqs", type=int, default=32, help="sequences of the jagged vs padded step (0: skip it)")
     p.add_argument("--versus-max-len", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=ROOT / "bench_out" / "train")
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [engine_throughput(m, args.steps, args.warmup, batch_tokens, "cuda" if gpu else "cpu", args.out, w)
             for m in models for w in args.workers]
-    versus = None if gpu else jagged_vs_padded(args.versus_model, args.versus_seqs, args.versus_max_len,
+    versus = None if gpu or args.versus_seqs == 0 else jagged_vs_padded(args.versus_model, args.versus_seqs, args.versus_max_len,
                                                 args.repeats)
     print(f"\n{'model':<8}{'device':<8}{'prec':<6}{'workers':>8}{'params':>12}{'tokens/s':>12}{'vs 0':>7}{'MFU':>8}")
     base = {r["model"]: r["tokens_per_s"] for r in rows if r["workers"] == 0}
