@@ -69,6 +69,8 @@ def select_users(spec: str | None, raw_ids: list[str], by_index: bool) -> np.nda
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from e2erec.config import RunConfig, from_dict, parse_overrides, to_dict
     from e2erec.eval.predictions import prediction_format, write_predictions
     from e2erec.generate.system import GenerativeSystem
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     items, scores = system.generate_for(inter, users, inter.offsets[users + 1], args.k)
     if rank != 0:  # rank 0 has every user's list and writes them
         return 0
-    raw_users = [inter.user_raw_id[u] for u in users]
+    raw_users = np.asarray(inter.user_raw_id, dtype=object)[users]
     if args.output:
         path = write_predictions(args.output, {"user": raw_users, "user_index": users}, items, scores,
                                  inter.items.raw_id)

@@ -44,8 +44,7 @@ def predictions_table(columns: dict[str, np.ndarray | list], items: np.ndarray, 
     items = np.asarray(items)
     keep = items >= 0
     raw = np.asarray(item_raw_ids, dtype=object)
-    table = {name: pa.array(np.asarray(col).tolist() if isinstance(col, np.ndarray) else col)
-             for name, col in columns.items()}
+    table = {name: pa.array(col) for name, col in columns.items()}  # numpy columns convert without a Python loop
     table["items"] = _lists(raw[np.where(keep, items, 0)].astype(str), keep)
     if scores is not None:
         table["scores"] = _lists(np.asarray(scores, dtype=np.float64), keep)

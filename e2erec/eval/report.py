@@ -87,13 +87,13 @@ def write_test_predictions(path: str | Path, results: list[dict], ctx: Context) 
     from e2erec.eval.predictions import predictions_table, write_table
 
     inter, n = ctx.inter, len(ctx.targets)
-    users = [inter.user_raw_id[u] for u in ctx.users]
-    targets = np.asarray(inter.items.raw_id, dtype=object)[ctx.items].astype(str).tolist()
+    users = np.asarray(inter.user_raw_id, dtype=object)[ctx.users]  # gathers, not a loop per target
+    targets = np.asarray(inter.items.raw_id, dtype=object)[ctx.items]
     tables = []
     for r in results:
         proba = r["_proba"] if r["_proba"] is not None else np.full(n, np.nan)
         tables.append(predictions_table(
-            {"system": [r["name"]] * n, "user": users, "target_item": targets, "label": ctx.labels.astype(int),
+            {"system": np.full(n, r["name"], dtype=object), "user": users, "target_item": targets, "label": ctx.labels.astype(int),
              "p_positive": proba}, r["_recs"], None, inter.items.raw_id))
     return write_table(path, pa.concat_tables(tables))
 
