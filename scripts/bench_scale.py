@@ -10,14 +10,20 @@ Rungs (users = events / 100, as in configs/data/synthetic-10m.yaml; 100k: a one-
     10m   10,000,000 events    100,000 items    100,000 users
     100m 100,000,000 events  1,000,000 items  1,000,000 users
 
-Stages, each in its own process (so its peak RSS, VmHWM, is its own) over the rung's own cache:
+Before its stages, each rung writes its log once (not timed): the synthetic generator's events in global time
+order, as a real log arrives, to `<out>/<rung>/events.parquet` (user_id, item_id, timestamp, rating; 1M-row row
+groups). Stages, each in its own process (so its peak RSS, VmHWM, is its own) over the rung's own cache:
 
-    prepare   generate + ingest into the Arrow cache (`load_dataset`); `arrow_mb` is the prepared data on disk
-    tokenize  collaborative embedding (co-occurrence window --window, linear in events) + RQ-KMeans, 3 x 256 codes
+    prepare   ingest the Parquet log into the Arrow cache (`load_dataset`: read, encode ids, sort by (user, time),
+              dedupe, write); `arrow_mb` is the prepared data on disk, and the goal is a peak above the imports of
+              at most 2x it
+    tokenize  collaborative embedding (pairs at most --window events apart, --samples of them per event on
+              average, so linear in events) + RQ-KMeans, 3 x 256 codes
     train     --train-steps steps of the tiny model (DeepSpeed, one process)
     generate  top 50 by trie-constrained beam search (beam 50) for --users sampled test users; s_per_user
-    evaluate  the generation-order e2erec against Popularity on those users (and SASRec, 2 epochs, on rungs of at
-              most --sasrec-max-events), full report with 200 bootstrap resamples
+    evaluate  the generation-order e2erec against Popularity on those users (and SASRec, 2 epochs with a sampled
+              softmax over 1024 negatives, on rungs of at most --sasrec-max-events), full report with 200 bootstrap
+              resamples
 
 The model, beam and users are the same at every rung, so generation time per user compares catalogue sizes
 directly (goal: at 1M items <= 1.5x its time at 10K items). Timings are from a shared 2-core machine: compare them
@@ -37,6 +43,7 @@ from pathlib import Path
 
 RUNGS = {"100k": (100_000, 1_000), "1m": (1_000_000, 10_000), "10m": (10_000_000, 100_000), "100m": (100_000_000, 1_000_000)}
 STAGES = ("prepare", "tokenize", "train", "generate", "evaluate")
+ROW_GROUP = 1 << 20
 
 
 def _status_mb(field: str) -> float:
@@ -50,13 +57,39 @@ def _peak_rss_mb() -> float:
     return _status_mb("VmHWM")
 
 
-def _overrides(rung: str, work: Path, args) -> list[str]:
+def write_log(rung: str, path: Path) -> None:
+    """The rung's synthetic events in time order as a Parquet file (atomic: a cut-short run leaves no file)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from e2erec.data.config import SyntheticConfig
+    from e2erec.data.synthetic import generate
+
     events, items = RUNGS[rung]
+    raw = generate(SyntheticConfig(n_events=events, n_items=items, n_users=events // 100, n_interests=64, dim=32),
+                   progress=False)
+    order = np.argsort(raw.timestamp, kind="stable")
+    user = raw.user.to_numpy().astype(np.int32)
+    item = raw.item.to_numpy().astype(np.int32)
+    raw.user = raw.item = None
+    schema = pa.schema([("user_id", pa.int32()), ("item_id", pa.int32()), ("timestamp", pa.int64()),
+                        ("rating", pa.float32())])
+    tmp = path.with_suffix(".tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, events, ROW_GROUP):
+            rows = order[start:start + ROW_GROUP]
+            writer.write_table(pa.table([user[rows], item[rows], raw.timestamp[rows], raw.feedback[rows]],
+                                        schema=schema))
+    tmp.replace(path)
+
+
+def _overrides(rung: str, work: Path, args) -> list[str]:
     return [
-        "data=synthetic", f"data.name=synthetic-{rung}", f"data.cache_dir={work / 'cache'}", "data.max_seq_len=200",
-        f"data.synthetic.n_events={events}", f"data.synthetic.n_items={items}",
-        f"data.synthetic.n_users={events // 100}", "data.synthetic.n_interests=64", "data.synthetic.dim=32",
+        "data.source=tabular", f"data.path={work / 'events.parquet'}", f"data.name=synthetic-{rung}",
+        f"data.cache_dir={work / 'cache'}", "data.max_seq_len=200",
         "tokenizer.embedding=collaborative", f"tokenizer.cooccurrence_window={args.window}",
+        f"tokenizer.cooccurrence_samples={args.samples}", "eval.sasrec_negatives=1024",
         "model=tiny", f"train.max_steps={args.train_steps}", "train.eval_every=0", "train.ckpt_every=0",
         "train.tensorboard=false", "train.final_eval_max_targets=256", "train.calibration_targets=2048",
         "train.warmup_steps=10", f"out_dir={work / 'run'}",
@@ -173,6 +206,7 @@ def main() -> None:
     p.add_argument("--rungs", nargs="*", default=["1m", "10m"], choices=sorted(RUNGS))
     p.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES)
     p.add_argument("--window", type=int, default=20, help="tokenizer.cooccurrence_window (default 20)")
+    p.add_argument("--samples", type=int, default=4, help="tokenizer.cooccurrence_samples (default 4)")
     p.add_argument("--train-steps", type=int, default=50)
     p.add_argument("--users", type=int, default=10_000, help="sampled test users to generate for and evaluate")
     p.add_argument("--sasrec-max-events", type=int, default=10_000_000)
@@ -180,6 +214,9 @@ def main() -> None:
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: run one stage in this process
     p.add_argument("--rung", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.stage == "log":
+        write_log(args.rung, args.out / args.rung / "events.parquet")
+        return
     if args.stage:
         row = run_stage(args.stage, args.rung, args.out / args.rung, args)
         print("ROW " + json.dumps(row), flush=True)
@@ -187,9 +224,16 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for rung in args.rungs:
+        log_file = args.out / rung / "events.parquet"
+        if not log_file.exists():
+            print(f"[bench_scale] {rung}: writing the time-ordered log {log_file} (not timed) ...", flush=True)
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, __file__, "--stage", "log", "--rung", rung, "--out", str(args.out)],
+                           check=True)
         for stage in args.stages:
             cmd = [sys.executable, __file__, "--stage", stage, "--rung", rung, "--out", str(args.out),
-                   "--window", str(args.window), "--train-steps", str(args.train_steps), "--users", str(args.users),
+                   "--window", str(args.window), "--samples", str(args.samples), "--train-steps",
+                   str(args.train_steps), "--users", str(args.users),
                    "--sasrec-max-events", str(args.sasrec_max_events)]
             print(f"[bench_scale] {rung}: {stage} ...", flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -101,8 +101,16 @@ class SASRec:
         def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, int]:
             x, y = torch.from_numpy(inputs[idx]), torch.from_numpy(targets[idx])
             h = self.net(x)[y >= 0]  # (n_positions, dim)
-            logits = h @ self.net.item.weight[: inter.n_items].T  # (n_positions, n_items)
-            return nn.functional.cross_entropy(logits, y[y >= 0]), len(h)
+            y = y[y >= 0]
+            table = self.net.item.weight[: inter.n_items]
+            if 0 < ecfg.sasrec_negatives < inter.n_items:
+                # Sampled softmax over the target and shared uniform negatives; a uniform proposal's logQ
+                # correction is a constant, so it drops out. A negative that is the target is masked.
+                neg = torch.from_numpy(rng.integers(0, inter.n_items, ecfg.sasrec_negatives))
+                negatives = (h @ table[neg].T).masked_fill(neg[None, :] == y[:, None], float("-inf"))
+                logits = torch.cat([(h * table[y]).sum(-1, keepdim=True), negatives], dim=1)
+                return nn.functional.cross_entropy(logits, torch.zeros_like(y)), len(h)
+            return nn.functional.cross_entropy(h @ table.T, y), len(h)  # (n_positions, n_items) logits
 
         def train_epoch(epoch: int) -> float:
             return train_epoch_over(opt, len(inputs), ecfg.baseline_batch_size, rng, f"sasrec epoch {epoch}",

@@ -194,6 +194,13 @@ def _read_delimited(data: bytes, where: str, sep: str, column_names: list[str] |
         raise DataError(f"{where}: could not parse ({str(e).splitlines()[0]})") from None
 
 
+def _contiguous(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array; a one-chunk column as it is (`combine_chunks` would copy even that)."""
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
+
+
 def _check_columns(table_columns: list[str], needed: dict[str, str | None], where: str) -> None:
     for role, name in needed.items():
         if name is not None and name not in table_columns:
@@ -203,8 +210,7 @@ def _check_columns(table_columns: list[str], needed: dict[str, str | None], wher
 def _timestamps(col: pa.ChunkedArray | pa.Array, where: str, column: str, fmt: str | None,
                 row_offset: int = 2) -> np.ndarray:
     """Unix seconds as int64; `fmt` is a strptime format for text timestamps. Errors name the first bad row."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+    col = _contiguous(col)
     if col.null_count:
         bad = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
         raise DataError(f"{where}:{bad + row_offset}: column {column!r}: missing timestamp")
@@ -224,7 +230,7 @@ def _timestamps(col: pa.ChunkedArray | pa.Array, where: str, column: str, fmt: s
     if pa.types.is_timestamp(col.type):
         return col.cast(pa.timestamp("s")).cast(pa.int64()).to_numpy()
     if pa.types.is_integer(col.type):
-        return col.cast(pa.int64()).to_numpy()
+        return (col if col.type == pa.int64() else col.cast(pa.int64())).to_numpy()
     if pa.types.is_floating(col.type):
         values = col.to_numpy()
         if not np.isfinite(values).all():
@@ -250,8 +256,7 @@ def _timestamps(col: pa.ChunkedArray | pa.Array, where: str, column: str, fmt: s
 
 
 def _feedback(col: pa.ChunkedArray | pa.Array, where: str, column: str, row_offset: int = 2) -> np.ndarray:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+    col = _contiguous(col)
     try:
         values = col.cast(pa.float32()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -268,8 +273,7 @@ def _feedback(col: pa.ChunkedArray | pa.Array, where: str, column: str, row_offs
 
 
 def _ids(col: pa.ChunkedArray | pa.Array, where: str, column: str, row_offset: int = 2) -> pa.Array:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+    col = _contiguous(col)
     if col.null_count:
         bad = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
         raise DataError(f"{where}:{bad + row_offset}: column {column!r}: missing id")
@@ -561,14 +565,18 @@ def read_amazon(reviews: Path, meta: Path | None) -> RawData:
 TABULAR_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson")
 
 
-def _read_table(path: Path) -> tuple[pa.Table, int]:
-    """The table and the file line of its first row (2 for CSV with a header; 0 = rows, not lines, for Parquet)."""
+def _read_table(path: Path, columns: list[str] | None = None) -> tuple[pa.Table, int]:
+    """The table and the file line of its first row (2 for CSV with a header; 0 = rows, not lines, for Parquet).
+    `columns`: what the caller needs (Parquet reads only those; other formats read everything)."""
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path), 0
+            file = pq.ParquetFile(path)
+            if columns is None or any(c not in file.schema_arrow.names for c in columns):
+                columns = None  # the caller reports the missing column, with every column the file has
+            return file.read(columns=columns), 0
         except pa.ArrowInvalid as e:
             raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     if suffix in (".csv", ".tsv"):
@@ -590,16 +598,28 @@ def _read_table(path: Path) -> tuple[pa.Table, int]:
 
 
 def read_tabular(path: Path, cfg: DataConfig) -> RawData:
-    table, first = _read_table(path)
     cols = cfg.columns
+    table, first = _read_table(path, [c for c in (cols.user, cols.item, cols.timestamp, cols.feedback) if c])
     _check_columns(table.column_names, {"user": cols.user, "item": cols.item, "timestamp": cols.timestamp,
                                         "feedback": cols.feedback}, str(path))
     where = str(path) if first else f"{path} row"
     offset = first if first else 0
-    user = _ids(table[cols.user], where, cols.user, offset)
-    item = _ids(table[cols.item], where, cols.item, offset)
-    ts = _timestamps(table[cols.timestamp], where, cols.timestamp, cols.timestamp_format, offset)
-    fb = _feedback(table[cols.feedback], where, cols.feedback, offset) if cols.feedback else None
+    # Each column leaves the table once converted: a Parquet file's row groups are chunks, and the contiguous
+    # copy must not sit beside the chunks of every other column (ingest peak: see scripts/bench_scale.py).
+    roles = [cols.user, cols.item, cols.timestamp] + ([cols.feedback] if cols.feedback else [])
+    chunks = {name: table[name] for name in roles}
+    del table
+
+    def take(role: int) -> pa.ChunkedArray:
+        col = chunks[roles[role]]
+        if roles[role] not in roles[role + 1:]:
+            del chunks[roles[role]]
+        return col
+
+    user = _ids(take(0), where, cols.user, offset)
+    item = _ids(take(1), where, cols.item, offset)
+    ts = _timestamps(take(2), where, cols.timestamp, cols.timestamp_format, offset)
+    fb = _feedback(take(3), where, cols.feedback, offset) if cols.feedback else None
     items = None
     if cfg.item_path:
         ipath = Path(cfg.item_path).expanduser()

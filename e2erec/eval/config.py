@@ -42,6 +42,10 @@ class EvalConfig:
     cascade_dim: int = 128  # embedding width of both cascades' two-tower and ranking models
     sasrec_layers: int = 1  # SASRec's self-attention blocks (the grid's winner on ml-100k; the paper's 2)
     sasrec_dropout: float = 0.2  # SASRec's dropout (the paper's 0.2 on MovieLens-1M)
+    # SASRec's training softmax: 0 = over the whole catalogue (the default, and what every ml-100k number uses);
+    # n > 0 = over the target and n uniform negatives shared by the batch. A full softmax costs positions x items
+    # per batch, ~70 min an epoch at 10M events / 100K items on 2 cores; scripts/bench_scale.py uses 1024.
+    sasrec_negatives: int = 0
     baseline_max_len: int = 50  # most recent history events a baseline reads
     baseline_batch_size: int = 128  # sequences per step (SASRec, two-tower); the ranker uses 16x this many events
     baseline_lr: float = 2e-3
@@ -66,6 +70,8 @@ class EvalConfig:
         if self.sasrec_layers < 1 or not 0.0 <= self.sasrec_dropout < 1.0:
             raise ValueError(f"sasrec_layers must be >= 1 and sasrec_dropout in [0, 1), got {self.sasrec_layers}, "
                              f"{self.sasrec_dropout}")
+        if self.sasrec_negatives < 0:
+            raise ValueError(f"sasrec_negatives must be >= 0 (0 = full softmax), got {self.sasrec_negatives}")
         if self.cascade_candidates < self.top_k:
             raise ValueError(f"cascade_candidates ({self.cascade_candidates}) must be >= top_k ({self.top_k})")
         name, _, cut = self.select_metric.partition("@")

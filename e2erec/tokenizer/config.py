@@ -33,6 +33,10 @@ class TokenizerConfig:
     # cost: sum of squared history lengths), w > 0 = pairs at most w events apart (cost: events x w, linear in the
     # log; what catalogues of 10^8+ events need, see scripts/bench_scale.py).
     cooccurrence_window: int = 0
+    # With a window: 0 = every pair inside it; s in (0, window) = each pair kept with probability s / window, so the
+    # matrix holds at most 2 x s x events entries (a 1M-item catalogue's distinct pairs otherwise grow faster than
+    # its events).
+    cooccurrence_samples: int = 0
     quantizer: Literal["rq_kmeans", "rq_vae", "random"] = "rq_kmeans"
     levels: int = 3
     codebook_size: int = 256
@@ -58,5 +62,8 @@ class TokenizerConfig:
             raise ValueError(f"template field {{{bad[0]}}} is unknown; valid fields: {', '.join(TEMPLATE_FIELDS)}")
         if self.cooccurrence_window < 0:
             raise ValueError(f"cooccurrence_window must be >= 0 (0 = whole histories), got {self.cooccurrence_window}")
+        if self.cooccurrence_samples < 0 or (self.cooccurrence_samples and not self.cooccurrence_window):
+            raise ValueError(f"cooccurrence_samples must be >= 0 and needs cooccurrence_window > 0, got "
+                             f"samples={self.cooccurrence_samples}, window={self.cooccurrence_window}")
         if self.kmeans_iters < 1 or self.kmeans_points_per_centroid < 1:
             raise ValueError("kmeans_iters and kmeans_points_per_centroid must be >= 1")

@@ -72,6 +72,20 @@ def test_baseline_beats_popularity_on_markov_data(name, toy, popularity_hr):
     assert ll < ll_base
 
 
+def test_sasrec_with_sampled_negatives_learns_and_draws_them_from_its_seed(toy, popularity_hr):
+    """eval.sasrec_negatives > 0 (the scale ladder's sampled softmax) still learns the ring; same seed, same model."""
+    import dataclasses
+
+    inter, split = toy
+    cfg = dataclasses.replace(CFG, sasrec_negatives=8)
+    a, b = build_baseline("sasrec"), build_baseline("sasrec")
+    a.fit(inter, split, cfg)
+    b.fit(inter, split, cfg)
+    assert _hr10(a, inter, split) > popularity_hr + 0.15
+    for p, q in zip(a.net.parameters(), b.net.parameters()):
+        torch.testing.assert_close(p, q)
+
+
 def test_popularity_excludes_history_and_has_no_head(toy):
     inter, split = toy
     pop = build_baseline("popularity")

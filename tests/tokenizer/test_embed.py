@@ -68,6 +68,42 @@ def test_windowed_cooccurrence_counts_close_training_pairs_and_covers_whole_hist
     assert emb.shape == (24, 8) and cold == 0
 
 
+def test_sampled_cooccurrence_keeps_a_seeded_fraction_of_window_pairs(make_tiny, monkeypatch):
+    """samples s < w keeps each window pair with probability s / w: a subset of the window's pairs, about s / w of
+    their count, the same for one seed; buffered flushes give the same matrix as one flush; s >= w is the full window."""
+    from e2erec.tokenizer import embed
+
+    inter, split = make_tiny()
+    w = 4
+    full = windowed_cooccurrence(inter, split, w)
+    half = windowed_cooccurrence(inter, split, w, samples=2, seed=1)
+    assert (half.toarray() <= full.toarray()).all() and half.nnz < full.nnz
+    assert 0.4 < half.sum() / full.sum() < 0.6
+    np.testing.assert_array_equal(half.toarray(), windowed_cooccurrence(inter, split, w, samples=2, seed=1).toarray())
+    assert (half.toarray() != windowed_cooccurrence(inter, split, w, samples=2, seed=2).toarray()).any()
+    np.testing.assert_array_equal(windowed_cooccurrence(inter, split, w, samples=w).toarray(), full.toarray())
+    monkeypatch.setattr(embed, "PAIR_BUFFER", 7)  # a flush after every distance
+    np.testing.assert_array_equal(windowed_cooccurrence(inter, split, w).toarray(), full.toarray())
+
+
+def test_sparse_svd_lowrank_equals_torch_svd_lowrank():
+    """Same seeded draws and algorithm as torch.svd_lowrank on the COO tensor, so the same factors to rounding."""
+    import scipy.sparse as sp
+    import torch
+
+    from e2erec.tokenizer.embed import sparse_svd_lowrank
+
+    m = sp.random(200, 200, density=0.05, random_state=1, format="csr")
+    m = (m + m.T).tocsr()
+    u, s = sparse_svd_lowrank(m, 12, niter=6, seed=3)
+    torch.manual_seed(3)
+    coo = m.tocoo()
+    a = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, m.shape)
+    u_ref, s_ref, _ = torch.svd_lowrank(a.to(torch.float64), q=12, niter=6)
+    torch.testing.assert_close(s, s_ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(u.abs(), u_ref.abs(), rtol=1e-6, atol=1e-9)
+
+
 def test_items_without_text_fall_back_to_collaborative_and_say_so(make_tiny, tmp_path, capsys):
     inter, split = make_tiny(n_items=30)
     for i in (4, 9):
