@@ -6,7 +6,7 @@ Pipeline (each step vectorised over the whole column; pyarrow + numpy, no Python
    is a number), so contiguous ids do not depend on file row order;
 2. stable time order: events sorted by (user, timestamp); ties keep file order. A blocked counting sort by user
    (after a stable sort by time unless the log is in time order already) moves one column at a time, so ingest
-   holds about the data plus one permutation and one column (2.3x the prepared Arrow size at 10M events, measured
+   holds about the data plus one permutation and one column (2.2x the prepared Arrow size at 10M events, measured
    by scripts/bench_scale.py; the Parquet read alone peaks at ~1.7x its data);
 3. dedupe (``data.dedupe``): repeated (user, item, timestamp) events keep the last one in file order;
 4. k-core (``data.min_user_events`` / ``min_item_events``): repeated until stable; counts before/after are logged and
@@ -172,20 +172,17 @@ def _sort_by_user_time(user: np.ndarray, n_users: int, columns: dict[str, np.nda
     and return the sorted user codes. Each column is permuted and its old copy dropped before the next, so the
     peak is the columns plus one permutation and one column, not a second copy of the log."""
     ts = columns["timestamp"]
-    same = user[1:] == user[:-1]
-    if bool(np.all(user[1:] >= user[:-1])) and bool(np.all((ts[1:] >= ts[:-1]) | ~same)):
+    time_ordered = bool(np.all(ts[1:] >= ts[:-1]))
+    if bool(np.all(user[1:] >= user[:-1])) and bool(np.all((ts[1:] >= ts[:-1]) | (user[1:] != user[:-1]))):
         return user  # already in order (common for dumps)
-    del same
+    del ts
     # Logs usually arrive in time order: then a stable sort by user alone gives (user, time) order.
-    if not bool(np.all(ts[1:] >= ts[:-1])):
-        by_time = np.argsort(ts, kind="stable")
-        del ts
+    if not time_ordered:
+        by_time = np.argsort(columns["timestamp"], kind="stable")
         user = _gather(user, by_time)
         for name in list(columns):
             columns[name] = _gather(columns[name], by_time)
         del by_time
-    else:
-        del ts
     dest, counts = _user_positions(user, n_users)
     for name in list(columns):
         columns[name] = _scatter(columns[name], dest)
@@ -401,8 +398,8 @@ def prepare(cfg: DataConfig, *, progress: bool = True, force: bool = False) -> P
             return final
         t0 = time.perf_counter()
         _say(f"preparing {cfg.name} ({spec.kind}) -> {final}", progress)
-        # Arrow's default pool (mimalloc) keeps freed pages for reuse, and ingest frees most of what it reads: with
-        # it the 10M-event rung of scripts/bench_scale.py peaked at 3.4x the prepared data, with malloc at 2.4x.
+        # Arrow's default pool (mimalloc) keeps freed pages for reuse, and ingest frees most of what it reads: on the
+        # 10M-event rung of scripts/bench_scale.py ingest peaked at 4.4x the prepared data with it, 2.4x with malloc.
         pool = pa.default_memory_pool()
         pa.set_memory_pool(pa.system_memory_pool())
         try:

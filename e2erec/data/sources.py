@@ -599,22 +599,20 @@ def _read_table(path: Path, columns: list[str] | None = None) -> tuple[pa.Table,
 
 def read_tabular(path: Path, cfg: DataConfig) -> RawData:
     cols = cfg.columns
-    table, first = _read_table(path, [c for c in (cols.user, cols.item, cols.timestamp, cols.feedback) if c])
+    roles = [cols.user, cols.item, cols.timestamp] + ([cols.feedback] if cols.feedback else [])
+    table, first = _read_table(path, roles)
     _check_columns(table.column_names, {"user": cols.user, "item": cols.item, "timestamp": cols.timestamp,
                                         "feedback": cols.feedback}, str(path))
     where = str(path) if first else f"{path} row"
     offset = first if first else 0
     # Each column leaves the table once converted: a Parquet file's row groups are chunks, and the contiguous
     # copy must not sit beside the chunks of every other column (ingest peak: see scripts/bench_scale.py).
-    roles = [cols.user, cols.item, cols.timestamp] + ([cols.feedback] if cols.feedback else [])
     chunks = {name: table[name] for name in roles}
     del table
 
     def take(role: int) -> pa.ChunkedArray:
-        col = chunks[roles[role]]
-        if roles[role] not in roles[role + 1:]:
-            del chunks[roles[role]]
-        return col
+        name = roles[role]
+        return chunks[name] if name in roles[role + 1:] else chunks.pop(name)
 
     user = _ids(take(0), where, cols.user, offset)
     item = _ids(take(1), where, cols.item, offset)
