@@ -13,10 +13,10 @@ Items whose template renders to nothing get a text embedding predicted from thei
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -191,12 +191,13 @@ PAIR_BUFFER = 1 << 25  # item pairs gathered before they are summed into the mat
 
 def windowed_cooccurrence(inter: Interactions, split: Split, window: int, samples: int = 0,
                           seed: int = 0) -> sp.csr_matrix:
-    """Item x item counts of training-event pairs at most `window` events apart in one user's history (both
-    orders). Its cost is events x window, linear in the log, where X^T X costs the sum of squared history lengths
+    """Item x item counts of training-event pairs at most `window` events apart in one user's history, as the strict
+    upper triangle of the symmetric count matrix (a pair (i, j) counts at (min, max); pairs of an item with itself are
+    dropped). Its cost is events x window, linear in the log, where X^T X costs the sum of squared history lengths
     (a 1000-event history alone makes 10^6 pairs).
 
     `samples` in (0, window): each pair inside the window is kept with probability samples / window (seeded), so
-    an event contributes `samples` pairs on average and the matrix's entries are bounded by 2 x samples x events,
+    an event contributes `samples` pairs on average and the matrix's entries are bounded by samples x events,
     whatever the catalogue. The counts shrink by a constant factor in expectation, which PMI cancels.
     """
     lengths = split.train_end - inter.offsets[:-1]
@@ -215,8 +216,12 @@ def windowed_cooccurrence(inter: Interactions, split: Split, window: int, sample
         a, b = np.concatenate(firsts), np.concatenate(seconds)
         firsts.clear()
         seconds.clear()
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        del a, b
+        off = lo != hi
+        lo, hi = lo[off], hi[off]
         # COO -> CSR sums repeated pairs; one merge per buffer rather than per distance.
-        return c + sp.csr_matrix((np.ones(2 * len(a)), (np.concatenate([a, b]), np.concatenate([b, a]))), shape=c.shape)
+        return c + sp.csr_matrix((np.ones(len(lo)), (lo, hi)), shape=c.shape)
 
     for d in range(1, window + 1):  # one pass per distance: memory stays O(events + nnz(C))
         t = flat[left >= d]
@@ -229,6 +234,9 @@ def windowed_cooccurrence(inter: Interactions, split: Split, window: int, sample
     return flush(c) if firsts else c
 
 
+PPMI_BLOCK = 1 << 24  # matrix entries per block of the in-place PPMI: bounds its temporaries to ~400 MB
+
+
 def collaborative_embeddings(inter: Interactions, split: Split, dim: int, seed: int = 0,
                              window: int = 0, samples: int = 0) -> tuple[np.ndarray, int]:
     """(embeddings float32 [n_items, dim], n_cold) from truncated SVD of the PPMI co-occurrence matrix.
@@ -236,63 +244,74 @@ def collaborative_embeddings(inter: Interactions, split: Split, dim: int, seed: 
     PPMI(i, j) = max(0, log(C_ij * sum(C) / (C_i * C_j))) with C = X^T X (diagonal zeroed), X the binary user x
     item matrix of training events, or with `window` > 0 the counts of pairs at most `window` events apart
     (`windowed_cooccurrence`, linear in events; `samples` of them per event on average when 0 < samples < window).
-    Items without training co-occurrence (cold) get all-zero rows;
+    C and PPMI are symmetric, so only their strict upper triangle is held, and PPMI is computed in place: the
+    matrix costs 12 bytes per co-occurring pair (float64 value, int32 column), where the full symmetric matrix
+    with its COO and CSR temporaries held ~50. Items without training co-occurrence (cold) get all-zero rows;
     `n_cold` says how many.
     """
     if window > 0:
         c = windowed_cooccurrence(inter, split, window, samples, seed)
     else:
         x = training_matrix(inter, split)
-        c = (x.T @ x).tocsr().astype(np.float64)
-    c.setdiag(0)
-    c.eliminate_zeros()
-    row = np.asarray(c.sum(1)).ravel()
-    total = row.sum()
-    n_cold = int((row == 0).sum())
-    if total == 0:
-        raise DataError("collaborative embedding: the training split has no two items seen by the same user")
-    coo = c.tocoo()
-    pmi = np.log(coo.data * total / (row[coo.row] * row[coo.col]))
-    keep = pmi > 0
-    ppmi = sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=c.shape)
+        c = sp.triu((x.T @ x).astype(np.float64), k=1, format="csr")
+        del x
+    n_cold = ppmi_in_place(c)
     k = min(dim, inter.n_items - 1)
     if k < 1:
         raise DataError(f"collaborative embedding needs at least 2 items, got {inter.n_items}")
-    u, s = sparse_svd_lowrank(ppmi, k, niter=6, seed=seed)
+    u, s = symmetric_svd_lowrank(c, k, niter=6, seed=seed)
     emb = (u * s.sqrt()).numpy().astype(np.float32)  # (n_items, k)
     if k < dim:
         emb = np.pad(emb, ((0, 0), (0, dim - k)))
     return _l2(emb), n_cold
 
 
-def sparse_svd_lowrank(a: sp.csr_matrix, q: int, *, niter: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left singular vectors and values (U [n, q], S [q]) of a square sparse matrix by randomized SVD.
+def ppmi_in_place(upper: sp.csr_matrix) -> int:
+    """Replace the counts of `upper` (strict upper triangle of a symmetric co-occurrence matrix C) by their PPMI,
+    max(0, log(C_ij * sum(C) / (C_i * C_j))), dropping the entries that become 0; returns the number of items with
+    no co-occurrence. Blocks of PPMI_BLOCK entries bound the temporaries."""
+    row = np.asarray(upper.sum(1)).ravel() + np.asarray(upper.sum(0)).ravel()  # row sums of the symmetric C
+    total = row.sum()
+    if total == 0:
+        raise DataError("collaborative embedding: the training split has no two items seen by the same user")
+    n = upper.shape[0]
+    cuts = np.unique(np.append(np.searchsorted(upper.indptr, np.arange(0, upper.nnz, PPMI_BLOCK), side="right") - 1, n))
+    for r0, r1 in itertools.pairwise(cuts):
+        s, e = upper.indptr[r0], upper.indptr[r1]
+        rows = np.repeat(np.arange(r0, r1), np.diff(upper.indptr[r0:r1 + 1]))
+        pmi = np.log(upper.data[s:e] * total / (row[rows] * row[upper.indices[s:e]]))
+        upper.data[s:e] = np.maximum(pmi, 0.0)
+    upper.eliminate_zeros()
+    return int((row == 0).sum())
+
+
+def symmetric_svd_lowrank(upper: sp.csr_matrix, q: int, *, niter: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors and values (U [n, q], S [q]) of the symmetric sparse A = upper + upper^T (`upper`: its
+    strict upper triangle) by randomized SVD.
 
     Halko, Martinsson & Tropp (2011), Algorithm 4.4 with `niter` power iterations, as `torch.svd_lowrank` computes it
-    (the same seeded draws, so the same result to rounding). Ours multiplies by A and A^T held as two CSR tensors.
-    `torch.svd_lowrank` on a COO tensor re-sorts it for every A^T product and for Q^T A: 12 s against 1.3 s for
-    this on the 1M-event rung's 3.4M-entry PPMI, and it grew faster than its entries.
+    (the same seeded draws, so the same result to rounding). A^T = A, so every product is A @ dense, computed as
+    upper @ X + upper^T @ X: upper^T is upper's CSC view, no copy, so the matrix is held once. On the 1M-event rung's
+    PPMI `torch.svd_lowrank` took 11.7 s (it re-sorts its COO tensor for every A^T product); a full CSR tensor in
+    torch multiplies ~2x faster than this but holds twice the entries (scripts/bench_scale.py's data).
     """
-    def csr(m: sp.csr_matrix) -> torch.Tensor:
-        m = m.astype(np.float64)
-        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
-                                       torch.from_numpy(m.indices.astype(np.int64)), torch.from_numpy(m.data), m.shape,
-                                       check_invariants=False)
+    upper_t = upper.T  # CSC, shares upper's arrays
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        a_t, a_ = csr(a.T.tocsr()), csr(a)
+    def a_times(x: torch.Tensor) -> torch.Tensor:
+        xn = np.ascontiguousarray(x.numpy())
+        return torch.from_numpy(upper @ xn + upper_t @ xn)
+
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        r = torch.randn(a.shape[1], q, dtype=torch.float64)
+        r = torch.randn(upper.shape[1], q, dtype=torch.float64)
     finally:
         torch.random.set_rng_state(gen_state)
-    basis = torch.linalg.qr(a_ @ r).Q
+    basis = torch.linalg.qr(a_times(r)).Q
     for _ in range(niter):
-        basis = torch.linalg.qr(a_t @ basis).Q
-        basis = torch.linalg.qr(a_ @ basis).Q
-    u, s, _ = torch.linalg.svd((a_t @ basis).mT, full_matrices=False)  # B = Q^T A, [q, n]
+        basis = torch.linalg.qr(a_times(basis)).Q
+        basis = torch.linalg.qr(a_times(basis)).Q
+    u, s, _ = torch.linalg.svd(a_times(basis).mT, full_matrices=False)  # B = Q^T A = (A Q)^T, [q, n]
     return basis @ u, s
 
 

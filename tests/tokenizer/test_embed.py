@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from e2erec.config import ConfigError, from_dict
+from e2erec.errors import DataError
 from e2erec.tokenizer.config import TokenizerConfig
 from e2erec.tokenizer.embed import (
     collaborative_embeddings,
@@ -43,11 +44,14 @@ def test_collaborative_embedding_reads_training_events_only(make_tiny):
 
 
 def test_windowed_cooccurrence_counts_close_training_pairs_and_covers_whole_histories(make_tiny):
-    """Brute force over each user's training history: pairs at most w apart, both orders; a window as long as the
-    longest history sees every pair that X^T X does (X^T X counts a user's pair once, the window every time)."""
+    """Brute force over each user's training history: pairs at most w apart, both orders, held as the strict upper
+    triangle; a window as long as the longest history sees every pair that X^T X does (X^T X counts a user's pair
+    once, the window every time)."""
     inter, split = make_tiny()
     w = 3
-    c = windowed_cooccurrence(inter, split, w).toarray()
+    upper = windowed_cooccurrence(inter, split, w).toarray()
+    assert not np.tril(upper).any()
+    c = upper + upper.T
     want = np.zeros_like(c)
     longest = 0
     for u in range(inter.n_users):
@@ -57,8 +61,10 @@ def test_windowed_cooccurrence_counts_close_training_pairs_and_covers_whole_hist
             for j in range(i + 1, min(i + w + 1, len(hist))):
                 want[hist[i], hist[j]] += 1
                 want[hist[j], hist[i]] += 1
+    np.fill_diagonal(want, 0)
     np.testing.assert_array_equal(c, want)
-    full = windowed_cooccurrence(inter, split, longest).toarray() > 0
+    full = windowed_cooccurrence(inter, split, longest).toarray()
+    full = (full + full.T) > 0
     x = training_matrix(inter, split)
     xtx = (x.T @ x).toarray()
     np.fill_diagonal(xtx, 0)
@@ -86,16 +92,40 @@ def test_sampled_cooccurrence_keeps_a_seeded_fraction_of_window_pairs(make_tiny,
     np.testing.assert_array_equal(windowed_cooccurrence(inter, split, w).toarray(), full.toarray())
 
 
-def test_sparse_svd_lowrank_equals_torch_svd_lowrank():
-    """Same seeded draws and algorithm as torch.svd_lowrank on the COO tensor, so the same factors to rounding."""
+def test_ppmi_in_place_equals_the_dense_formula_in_any_block_size(monkeypatch):
+    import scipy.sparse as sp
+
+    from e2erec.tokenizer import embed
+
+    rng = np.random.default_rng(0)
+    counts = np.triu(rng.poisson(0.4, (40, 40)).astype(np.float64), k=1)
+    counts[7] = counts[:, 7] = 0  # an item without co-occurrence
+    full = counts + counts.T
+    row = full.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = np.where(full > 0, np.maximum(np.log(full * full.sum() / np.outer(row, row)), 0), 0)
+    for block in (5, 1 << 24):
+        monkeypatch.setattr(embed, "PPMI_BLOCK", block)
+        upper = sp.csr_matrix(counts)
+        assert embed.ppmi_in_place(upper) == 1
+        got = upper.toarray()
+        np.testing.assert_allclose(got + got.T, want, rtol=1e-12)
+        assert (upper.data > 0).all()
+    with pytest.raises(DataError, match="no two items"):
+        embed.ppmi_in_place(sp.csr_matrix((3, 3)))
+
+
+def test_symmetric_svd_lowrank_equals_torch_svd_lowrank():
+    """Same seeded draws and algorithm as torch.svd_lowrank on the full symmetric COO tensor, so the same factors to
+    rounding, from the strict upper triangle alone."""
     import scipy.sparse as sp
     import torch
 
-    from e2erec.tokenizer.embed import sparse_svd_lowrank
+    from e2erec.tokenizer.embed import symmetric_svd_lowrank
 
-    m = sp.random(200, 200, density=0.05, random_state=1, format="csr")
-    m = (m + m.T).tocsr()
-    u, s = sparse_svd_lowrank(m, 12, niter=6, seed=3)
+    upper = sp.triu(sp.random(200, 200, density=0.05, random_state=1), k=1, format="csr")
+    m = (upper + upper.T).tocsr()
+    u, s = symmetric_svd_lowrank(upper, 12, niter=6, seed=3)
     torch.manual_seed(3)
     coo = m.tocoo()
     a = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, m.shape)
