@@ -29,8 +29,10 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from e2erec.baselines.config import BaselineConfig
 from e2erec.data.config import DataConfig
 from e2erec.eval.config import EvalConfig
+from e2erec.generate.config import GenerateConfig
 from e2erec.model.config import ModelConfig
 from e2erec.tokenizer.config import TokenizerConfig
 from e2erec.train.config import TrainConfig
@@ -67,11 +69,28 @@ class RunConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the protocol
+    generate: GenerateConfig = field(default_factory=GenerateConfig)  # the end-to-end model's search and steering
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)  # the baselines' hyperparameters
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir.format(name=self.name))
+
+    def validate(self) -> None:
+        if self.baseline.cascade_candidates < self.eval.top_k:
+            raise ValueError(f"baseline.cascade_candidates ({self.baseline.cascade_candidates}) must be >= "
+                             f"eval.top_k ({self.eval.top_k})")
+
+
+# Keys that moved to another section (issue 22: the eval section held generation and baseline settings too). An old
+# config that sets one is told where it went.
+MOVED = {"eval.beam_size": "generate.beam_size", "eval.steering": "generate.steering",
+         "eval.baseline_dim": "baseline.sasrec_dim", "eval.baseline_max_len": "baseline.max_len",
+         "eval.baseline_batch_size": "baseline.batch_size", "eval.baseline_lr": "baseline.lr",
+         "eval.baseline_threads": "baseline.threads",
+         **{f"eval.{k}": f"baseline.{k}" for k in ("cascade_dim", "sasrec_layers", "sasrec_dropout", "sasrec_negatives",
+                                                   "cascade_candidates", "cascade_negatives", "semantic_candidates")}}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -167,6 +186,9 @@ def _build(cls: type, values: dict, where: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in names:
+            path = f"{where}.{key}" if where else str(key)
+            if path in MOVED:
+                raise ConfigError(f"{path} is now {MOVED[path]}", key=path)
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
             path = f"{where}.{key}" if where else str(key)
@@ -183,6 +205,17 @@ def _build(cls: type, values: dict, where: str) -> Any:
         except ValueError as e:
             raise ConfigError(f"{where or cls.__name__}: {e}", key=where) from e
     return obj
+
+
+def upgrade_saved(values: dict) -> dict:
+    """A saved run config (an export's config.yaml) written before keys `MOVED`, with each moved key at its new
+    place: old exports keep loading, where a user's own YAML with an old key is told the new name."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for old, new in MOVED.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        if isinstance(values.get(old_section), dict) and old_key in values[old_section]:
+            values.setdefault(new_section, {})[new_key] = values[old_section].pop(old_key)
+    return values
 
 
 def from_dict(cls: type, values: dict, source: str = "<dict>") -> Any:

@@ -89,11 +89,11 @@ def _overrides(rung: str, work: Path, args) -> list[str]:
         "data.source=tabular", f"data.path={work / 'events.parquet'}", f"data.name=synthetic-{rung}",
         f"data.cache_dir={work / 'cache'}", "data.max_seq_len=200",
         "tokenizer.embedding=collaborative", f"tokenizer.cooccurrence_window={args.window}",
-        f"tokenizer.cooccurrence_samples={args.samples}", "eval.sasrec_negatives=1024",
+        f"tokenizer.cooccurrence_samples={args.samples}", "baseline.sasrec_negatives=1024",
         "model=tiny", f"train.max_steps={args.train_steps}", "train.eval_every=0", "train.ckpt_every=0",
         "train.tensorboard=false", "train.final_eval_max_targets=256", "train.calibration_targets=2048",
         "train.warmup_steps=10", f"out_dir={work / 'run'}",
-        "eval.beam_size=50", "eval.top_k=50", "eval.ks=[10,50]", "eval.bootstrap=200",
+        "generate.beam_size=50", "eval.top_k=50", "eval.ks=[10,50]", "eval.bootstrap=200",
     ]
 
 
@@ -139,7 +139,7 @@ def run_stage(stage: str, rung: str, work: Path, args) -> dict:
             rng = np.random.default_rng(0)
             test = np.asarray(split.test)
             users = np.sort(rng.choice(test, size=min(args.users, len(test)), replace=False))
-            system, _ = GenerativeSystem.from_export(cfg.run_dir / "export", inter, cfg.eval, device="cpu")
+            system, _ = GenerativeSystem.from_export(cfg.run_dir / "export", inter, cfg, device="cpu")
             if stage == "generate":
                 t0 = time.perf_counter()
                 items = system.recommend(inter, users, cfg.eval.top_k)
@@ -150,6 +150,7 @@ def run_stage(stage: str, rung: str, work: Path, args) -> dict:
                 import dataclasses
 
                 from e2erec.baselines import build_baseline
+                from e2erec.eval.protocol import FitContext
                 from e2erec.eval.report import evaluate_systems
 
                 baselines = ["popularity"] + (["sasrec"] if row["events"] <= args.sasrec_max_events else [])
@@ -158,7 +159,7 @@ def run_stage(stage: str, rung: str, work: Path, args) -> dict:
                 fitted = []
                 for name in baselines:
                     b = build_baseline(name)
-                    b.fit(inter, split, cfg)
+                    b.fit(inter, split, FitContext.from_run(cfg))
                     fitted.append(b)
                 row["fit_seconds"] = time.perf_counter() - t0
                 sample = dataclasses.replace(split, test=users)

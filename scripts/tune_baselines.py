@@ -2,13 +2,13 @@
 
     python scripts/tune_baselines.py                          # ml-100k, SASRec and cascade grids, 2 lanes
     python scripts/tune_baselines.py --only sasrec --lanes 1
-    python scripts/tune_baselines.py --only sasrec --grid baseline_lr=2e-3,4e-3 sasrec_layers=1,2,3
+    python scripts/tune_baselines.py --only sasrec --grid lr=2e-3,4e-3 sasrec_layers=1,2,3
 
 Every grid point is a full fit under the protocol's early-stopping rule (`eval.patience` epochs, at most
 `eval.baseline_epochs`), scored on the validation targets only — the test targets are never read — with the same
 selection metric the fit stops on (`eval.select_metric`, NDCG@10). For the cascade the point's score is the whole
 cascade's validation NDCG@10 (retrieval then ranking), with its ranker's validation LogLoss beside it. The winners
-are what configs/eval/default.yaml sets; the run's table goes in the issue note. Points run in `--lanes` spawned
+are the `baseline` section's defaults (e2erec/baselines/config.py); the run's table goes in the issue note. Points run in `--lanes` spawned
 single-threaded processes (one per core). Writes <out>/tune_baselines.json.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 GRIDS = {
     # SASRec: width, dropout and learning rate (2 blocks, 1 head as in the paper).
-    "sasrec": {"baseline_dim": [64, 128], "sasrec_dropout": [0.2, 0.5], "baseline_lr": [1e-3, 2e-3]},
+    "sasrec": {"sasrec_dim": [64, 128], "sasrec_dropout": [0.2, 0.5], "lr": [1e-3, 2e-3]},
     # The cascade (both stages share width and learning rate): its ranker's capacity and step size.
-    "cascade": {"cascade_dim": [64, 128], "baseline_lr": [1e-3, 2e-3]},
+    "cascade": {"cascade_dim": [64, 128], "lr": [1e-3, 2e-3]},
 }
 
 
@@ -39,14 +39,15 @@ def _point(job: tuple[str, str, list[str], dict]) -> dict:
     from e2erec.config import load_run_config
     from e2erec.data import load_dataset, make_split
     from e2erec.eval.metrics import log_loss
+    from e2erec.eval.protocol import FitContext
 
     torch.set_num_threads(1)
-    cfg = load_run_config(config, overrides + [f"eval.{k}={v}" for k, v in params.items()])
+    cfg = load_run_config(config, overrides + [f"baseline.{k}={v}" for k, v in params.items()])
     inter = load_dataset(cfg.data, progress=False)
     split = make_split(inter, cfg.data)
     system = build_baseline(system_name)
     t0 = time.perf_counter()
-    system.fit(inter, split, cfg)
+    system.fit(inter, split, FitContext.from_run(cfg))
     seconds = time.perf_counter() - t0
     valid = split.valid
     recs = system.recommend(inter, valid, cfg.eval.top_k)
@@ -71,7 +72,7 @@ def main() -> None:
     p.add_argument("--config", default="default", help="run config (its data and eval sections)")
     p.add_argument("--only", choices=sorted(GRIDS), default=None)
     p.add_argument("--grid", nargs="*", default=[], metavar="KEY=V1,V2",
-                   help="replace the grid of --only's system with these eval keys and values")
+                   help="replace the grid of --only's system with these baseline keys and values")
     p.add_argument("--lanes", type=int, default=2, help="parallel single-threaded fits (default 2)")
     p.add_argument("--out", default="bench_out")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every point")

@@ -35,6 +35,7 @@ def _point(job: tuple[str, list[str], str, str]) -> dict:
     from e2erec.config import load_run_config
     from e2erec.data import load_dataset, make_split
     from e2erec.eval.metrics import log_loss
+    from e2erec.eval.protocol import FitContext
     from e2erec.generate.system import GenerativeSystem
     from e2erec.train.engine import train
 
@@ -50,7 +51,7 @@ def _point(job: tuple[str, list[str], str, str]) -> dict:
     inter = load_dataset(cfg.data, progress=False)
     split = make_split(inter, cfg.data)
     _, joint = GenerativeSystem.both_orders(cfg.run_dir / "export", inter)[0]
-    joint.fit(inter, split, cfg)
+    joint.fit(inter, split, FitContext.from_run(cfg))
     scores = joint.fit_log["joint_valid"]
     valid = split.valid
     proba = joint.predict_proba(inter, valid, np.asarray(inter.item)[valid])

@@ -14,6 +14,7 @@ from e2erec.config import (
     load_run_config,
     save_resolved,
     to_dict,
+    upgrade_saved,
 )
 
 
@@ -55,6 +56,9 @@ def test_run_file_inline_values_beat_section_file(tmp_path):
         (["model.backbone=hstuu"], ["model.backbone", "did you mean 'hstu'"]),
         (["data.columns.usr=x"], ["data.columns.usr", "did you mean 'user'"]),
         (["lr"], ["key=value"]),
+        (["eval.beam_size=10"], ["command line", "eval.beam_size is now generate.beam_size"]),
+        (["eval.baseline_lr=1e-3"], ["eval.baseline_lr is now baseline.lr"]),
+        (["eval.top_k=200"], ["baseline.cascade_candidates (100) must be >= eval.top_k (200)"]),
     ],
 )
 def test_bad_overrides_name_the_key(override, fragments):
@@ -103,6 +107,18 @@ def test_resolved_config_round_trips(tmp_path):
     path = save_resolved(cfg, tmp_path)
     again = from_dict(RunConfig, yaml.safe_load(Path(path).read_text()), str(path))
     assert to_dict(again) == to_dict(cfg)
+
+
+def test_a_config_saved_before_the_eval_split_loads_with_keys_in_their_new_sections():
+    """Exports written before `generate` and `baseline` left the eval section keep loading (e2erec/model/export.py)."""
+    old = to_dict(load_run_config())
+    old["eval"].update(beam_size=30, steering={"exclude_seen": False}, baseline_dim=32, baseline_lr=1e-3,
+                       cascade_candidates=120)
+    del old["generate"], old["baseline"]
+    cfg = from_dict(RunConfig, upgrade_saved(old), "old export")
+    assert cfg.generate.beam_size == 30 and cfg.generate.steering.exclude_seen is False
+    assert (cfg.baseline.sasrec_dim, cfg.baseline.lr, cfg.baseline.cascade_candidates) == (32, 1e-3, 120)
+    assert old["eval"]["beam_size"] == 30  # the caller's dict is left as it was
 
 
 def test_every_shipped_section_file_loads():

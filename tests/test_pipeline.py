@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory):
     stdout = _e2erec(
         "run", "--time-budget", "3", "--systems", "popularity", "--seeds", "2",
         f"out_dir={out_dir}", "train.max_steps=40", "train.eval_every=20", "train.ckpt_every=20",
-        "eval.bootstrap=10", "eval.beam_size=20", "eval.top_k=20", "eval.ks=[1,5,10,20]",
+        "eval.bootstrap=10", "generate.beam_size=20", "eval.top_k=20", "eval.ks=[1,5,10,20]",
     )
     return out_dir / "seed_0", stdout
 
@@ -91,7 +91,7 @@ def test_eval_of_an_export_reproduces_the_run_report(tiny_run, tmp_path):
     """`e2erec eval --export` puts a trained model beside the baselines; same model and protocol, same numbers."""
     run_dir, _ = tiny_run
     _e2erec("eval", "--export", str(run_dir / "export"), "--systems", "popularity", "--out", str(tmp_path),
-            f"out_dir={run_dir}", "eval.bootstrap=10", "eval.beam_size=20", "eval.top_k=20", "eval.ks=[1,5,10,20]")
+            f"out_dir={run_dir}", "eval.bootstrap=10", "generate.beam_size=20", "eval.top_k=20", "eval.ks=[1,5,10,20]")
     ran = {s["name"]: s["overall"] for s in json.loads((run_dir / "eval" / "report.json").read_text())["systems"]}
     again = {s["name"]: s["overall"] for s in json.loads((tmp_path / "report.json").read_text())["systems"]}
     assert set(again) == {GEN, JOINT, "popularity"}
@@ -102,16 +102,17 @@ def test_eval_of_an_export_reproduces_the_run_report(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_evaluating_commands_eval_section_reaches_the_export(tiny_run, ml100k):
-    """`e2erec eval --export X eval.steering...` must steer X's search, not the settings X was trained with."""
-    from e2erec.eval.config import EvalConfig, SteeringConfig
+def test_the_evaluating_commands_settings_reach_the_export(tiny_run, ml100k):
+    """`e2erec eval --export X generate.steering...` must steer X's search, not the settings X was trained with."""
+    from e2erec.config import load_run_config
     from e2erec.generate.system import GenerativeSystem
 
     run_dir, _ = tiny_run
-    eval_cfg = EvalConfig(beam_size=20, top_k=20, steering=SteeringConfig(include_categories=["Comedy"]))
-    systems, inter = GenerativeSystem.both_orders(run_dir / "export", ml100k, eval_cfg)
+    settings = load_run_config(None, ["generate.beam_size=20", "eval.top_k=20", "eval.ks=[1,5,10,20]",
+                                      "generate.steering.include_categories=[Comedy]"])
+    systems, inter = GenerativeSystem.both_orders(run_dir / "export", ml100k, settings)
     for system in systems:
-        assert system.cfg.eval is eval_cfg
+        assert system.cfg.eval is settings.eval and system.cfg.generate is settings.generate
         items, _ = system.generate_for(inter, np.array([0, 1]), inter.offsets[[1, 2]], 10)
         assert (items >= 0).all() and all("Comedy" in inter.items.categories[i] for i in items.ravel())
 
@@ -121,7 +122,7 @@ def test_generate_respects_steering_on_real_items(tiny_run, ml100k):
     run_dir, _ = tiny_run
     export = str(run_dir / "export")
     lines = _e2erec("generate", "--export", export, "--users", "0,1,2", "--user-index", "--k", "10", "--json",
-                    "eval.steering.include_categories=[Comedy]")
+                    "generate.steering.include_categories=[Comedy]")
     rows = [json.loads(line) for line in lines.splitlines()]
     assert [r["user_index"] for r in rows] == [0, 1, 2]
     assert [r["user"] for r in rows] == ml100k.user_raw_id[:3]

@@ -39,7 +39,6 @@ from e2erec.baselines.common import (
     baseline_rule,
     category_matrix,
     count_params,
-    eval_config,
     fit_early_stopping,
     seed_everything,
     select_score,
@@ -50,6 +49,7 @@ from e2erec.baselines.common import (
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.metrics import log_loss
 from e2erec.eval.protocol import (
+    FitContext,
     item_feedback_counts,
     mask_history,
     padded_histories,
@@ -134,22 +134,24 @@ class Cascade:
         text = torch.from_numpy(np.asarray(self.item_text, dtype=np.float32)) if self.uses_text else None
         return ItemEncoder(inter.n_items, dim, category_matrix(inter), text)
 
-    def fit(self, inter: Interactions, split: Split, cfg) -> None:
-        ecfg = eval_config(cfg)
+    def fit(self, inter: Interactions, split: Split, ctx: FitContext) -> None:
+        p, hp = ctx.protocol, ctx.baseline
         if self.uses_text and self.item_text is None:
-            self.item_text = _encode_item_texts(inter, cfg)
-        rng = seed_everything(ecfg.seed, ecfg.baseline_threads)
-        self.max_len = ecfg.baseline_max_len
+            if ctx.item_texts is None:
+                raise TypeError("PluginCascade.fit needs the item texts' embeddings: FitContext.item_texts or item_text=")
+            self.item_text = ctx.item_texts(inter)
+        rng = seed_everything(p.seed, hp.threads)
+        self.max_len = hp.max_len
         train = training_targets(inter, split, min_history=1)
         valid = split_valid_targets(split)
         self._fit_stats(inter, split)
         # The system's time budget (if any): half to retrieval, the rest (whatever retrieval left) to the ranker.
         t0 = time.perf_counter()
-        budget = ecfg.baseline_budget_s
-        self._fit_retrieval(inter, train, valid, ecfg, rng, budget / 2)
+        budget = p.baseline_budget_s
+        self._fit_retrieval(inter, train, valid, ctx, rng, budget / 2)
         left = max(budget - (time.perf_counter() - t0), 1.0) if budget > 0 else 0.0
-        self._fit_ranker(inter, train, valid, ecfg, rng, left)
-        self._fit_merge(inter, valid, ecfg)
+        self._fit_ranker(inter, train, valid, ctx, rng, left)
+        self._fit_merge(inter, valid, ctx)
 
     def _fit_stats(self, inter: Interactions, split: Split) -> None:
         """Positive and total counts per item over all training events, and the global base rate, behind the
@@ -159,14 +161,15 @@ class Cascade:
         total = self.item_count.sum()
         self.base_rate = float(self.item_pos.sum() / total) if total else 0.5
 
-    def _fit_retrieval(self, inter, train, valid, ecfg, rng, budget_s: float) -> None:
-        dim, n_items = ecfg.cascade_dim, inter.n_items
+    def _fit_retrieval(self, inter, train, valid, ctx: FitContext, rng, budget_s: float) -> None:
+        p, hp = ctx.protocol, ctx.baseline
+        dim, n_items = hp.cascade_dim, inter.n_items
         self.retrieval = TwoTower(self._item_encoder(inter, dim), dim)
-        opt = torch.optim.Adam(self.retrieval.parameters(), lr=ecfg.baseline_lr)
+        opt = torch.optim.Adam(self.retrieval.parameters(), lr=hp.lr)
         freq = np.bincount(inter.item[train], minlength=n_items) / max(len(train), 1)
-        batch = ecfg.baseline_batch_size * RANKER_BATCH_FACTOR // 4
-        n_neg = ecfg.cascade_negatives
-        cut = int(ecfg.select_metric.partition("@")[2] or ecfg.top_k)
+        batch = hp.batch_size * RANKER_BATCH_FACTOR // 4
+        n_neg = hp.cascade_negatives
+        cut = int(p.select_metric.partition("@")[2] or p.top_k)
 
         def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, int]:
             t = train[idx]
@@ -187,19 +190,20 @@ class Cascade:
         def validate() -> float:
             recs = [top_k(mask_history(self._retrieval_log_probs(inter, v), inter, v), cut)
                     for v in target_chunks(valid, inter.n_items, cap=1024)]
-            return select_score(np.concatenate(recs), inter.item[valid], ecfg.select_metric)
+            return select_score(np.concatenate(recs), inter.item[valid], p.select_metric)
 
-        fit_log = fit_early_stopping(self.retrieval, train_epoch, validate, baseline_rule(ecfg, budget_s),
-                                     ecfg.select_metric, name=f"{self.name} retrieval")
+        fit_log = fit_early_stopping(self.retrieval, train_epoch, validate, baseline_rule(p, budget_s),
+                                     p.select_metric, name=f"{self.name} retrieval")
         fit_log.describe(count_params(self.retrieval), step_flops(self.retrieval, batch_loss, np.arange(min(
             batch, len(train)))), len(train), "training event (sampled softmax)")
         self.fit_log["retrieval"] = fit_log.to_dict()
 
-    def _fit_ranker(self, inter, train, valid, ecfg, rng, budget_s: float) -> None:
-        dim = ecfg.cascade_dim
+    def _fit_ranker(self, inter, train, valid, ctx: FitContext, rng, budget_s: float) -> None:
+        p, hp = ctx.protocol, ctx.baseline
+        dim = hp.cascade_dim
         self.ranker = DINRanker(self._item_encoder(inter, dim), dim)
-        opt = torch.optim.Adam(self.ranker.parameters(), lr=ecfg.baseline_lr)
-        batch = ecfg.baseline_batch_size * RANKER_BATCH_FACTOR
+        opt = torch.optim.Adam(self.ranker.parameters(), lr=hp.lr)
+        batch = hp.batch_size * RANKER_BATCH_FACTOR
 
         def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, int]:
             t = train[idx]
@@ -213,15 +217,16 @@ class Cascade:
         def validate() -> float:
             return float(log_loss(self.predict_proba(inter, valid, inter.item[valid]), inter.label[valid]))
 
-        fit_log = fit_early_stopping(self.ranker, train_epoch, validate, baseline_rule(ecfg, budget_s), "logloss",
+        fit_log = fit_early_stopping(self.ranker, train_epoch, validate, baseline_rule(p, budget_s), "logloss",
                                      higher_is_better=False, name=f"{self.name} ranker")
         fit_log.describe(count_params(self.ranker), step_flops(self.ranker, batch_loss, np.arange(min(
             batch, len(train)))), len(train), "labelled training event")
         self.fit_log["ranker"] = fit_log.to_dict()
 
-    def _fit_merge(self, inter, valid, ecfg) -> None:
+    def _fit_merge(self, inter, valid, ctx: FitContext) -> None:
         """The plain cascade has one retrieval channel: only the candidate count to set."""
-        self.n_candidates = ecfg.cascade_candidates
+        hp = ctx.baseline
+        self.n_candidates = hp.cascade_candidates
 
     # ------------------------------------------------------------------------------------------------------------
     # inference
@@ -331,15 +336,16 @@ class PluginCascade(Cascade):
         return cand, self._mixture(cand, lp_tt, cos, self.alpha, self.tau)
 
     @torch.no_grad()
-    def _fit_merge(self, inter, valid, ecfg) -> None:
+    def _fit_merge(self, inter, valid, ctx: FitContext) -> None:
         """Choose the channel weight and temperature on the validation targets (both stages are fixed by now).
 
         The candidate union does not depend on (alpha, tau): ranking by cosine is the same at every temperature.
         """
+        p, hp = ctx.protocol, ctx.baseline
         t = np.asarray(self.item_text, dtype=np.float64)
         self._text_unit = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
-        self.n_candidates, self.n_semantic = ecfg.cascade_candidates, ecfg.semantic_candidates
-        cut = int(ecfg.select_metric.partition("@")[2] or ecfg.top_k)
+        self.n_candidates, self.n_semantic = hp.cascade_candidates, hp.semantic_candidates
+        cut = int(p.select_metric.partition("@")[2] or p.top_k)
         grid = [(a, tau) for tau in self.TAUS for a in self.ALPHAS if a < 1.0 or tau == self.TAUS[0]]
         recs: dict[tuple[float, float], list[np.ndarray]] = {g: [] for g in grid}
         for v in target_chunks(np.asarray(valid), inter.n_items, cap=256):
@@ -347,17 +353,7 @@ class PluginCascade(Cascade):
             log_p = np.log(np.maximum(self._proba(inter, v, np.maximum(cand, 0)), 1e-12))
             for alpha, tau in grid:
                 recs[(alpha, tau)].append(top_k(self._mixture(cand, lp_tt, cos, alpha, tau) + log_p, cut, ids=cand))
-        scores = {g: select_score(np.concatenate(r), inter.item[valid], ecfg.select_metric) for g, r in recs.items()}
+        scores = {g: select_score(np.concatenate(r), inter.item[valid], p.select_metric) for g, r in recs.items()}
         self.alpha, self.tau = max(scores, key=scores.get)
-        self.fit_log["merge"] = {"metric": ecfg.select_metric, "alpha": self.alpha, "tau": self.tau,
+        self.fit_log["merge"] = {"metric": p.select_metric, "alpha": self.alpha, "tau": self.tau,
                                  "valid": {f"alpha={a},tau={tau}": v for (a, tau), v in scores.items()}}
-
-
-def _encode_item_texts(inter: Interactions, cfg) -> np.ndarray:
-    """The tokenizer's language-model embeddings of item texts (cached by the tokenizer under the data cache)."""
-    from e2erec.tokenizer import encode_item_texts
-    from e2erec.utils.io import cache_root
-
-    if not hasattr(cfg, "tokenizer"):
-        raise TypeError("PluginCascade.fit needs the run config (tokenizer + data sections) or item_text=...")
-    return np.asarray(encode_item_texts(inter, cfg.tokenizer, cache_root(cfg.data.cache_dir)), dtype=np.float32)

@@ -26,11 +26,6 @@ from e2erec.eval.stopping import FitLog, StoppingRule, training_flops
 log = logging.getLogger(__name__)
 
 
-def eval_config(cfg) -> EvalConfig:
-    """`fit` receives the run config; tests may pass the eval section alone."""
-    return cfg if isinstance(cfg, EvalConfig) else cfg.eval
-
-
 def select_score(recs: np.ndarray, targets_items: np.ndarray, metric: str) -> float:
     """The validation metric named by `eval.select_metric` (e.g. 'ndcg@10'), averaged over targets."""
     ranks = target_ranks(recs, targets_items)
@@ -43,10 +38,10 @@ def select_score(recs: np.ndarray, targets_items: np.ndarray, metric: str) -> fl
     return float(reciprocal_rank(ranks).mean())
 
 
-def baseline_rule(ecfg: EvalConfig, budget_s: float = 0.0) -> StoppingRule:
+def baseline_rule(protocol: EvalConfig, budget_s: float = 0.0) -> StoppingRule:
     """The protocol's early-stopping rule for one baseline stage: `eval.patience` epochs without a better validation
     score, at most `eval.baseline_epochs` epochs, and `budget_s` of wall time (0 = none)."""
-    return StoppingRule(patience=ecfg.patience, max_evals=ecfg.baseline_epochs, time_budget_s=budget_s)
+    return StoppingRule(patience=protocol.patience, max_evals=protocol.baseline_epochs, time_budget_s=budget_s)
 
 
 def fit_early_stopping(

@@ -6,7 +6,7 @@
 
 On a small machine the cheapest way to give every system its full early-stopping run is to keep every core busy
 with one single-threaded job: two OpenMP threads per model spin-wait on a shared 2-core machine (8x the CPU time of
-one thread for a SASRec epoch, `eval.baseline_threads`). The helper lane starts fitting baselines (in list order)
+one thread for a SASRec epoch, `baseline.threads`). The helper lane starts fitting baselines (in list order)
 while this process trains; when training ends this process pulls the next unstarted baseline from the same queue,
 so neither core idles while work is left. Each baseline gets the wall time left until the deadline, divided among
 the baselines not yet started (its `eval.baseline_budget_s`); its fit log says whether it converged in it.
@@ -39,14 +39,16 @@ def _next_index(counter, lock, n: int) -> int | None:
 
 def _fit_one(name: str, inter, split, cfg, deadline: float, n_left: int):
     from e2erec.baselines import build_baseline
+    from e2erec.eval.protocol import FitContext
 
     left = deadline - time.time()
     # Share the time to the deadline among the baselines not yet started (this one included).
     budget = max(left / max(n_left, 1), 10.0) if deadline > 0 else 0.0
-    run_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, baseline_budget_s=budget))
+    ctx = FitContext.from_run(cfg)
+    ctx = dataclasses.replace(ctx, protocol=dataclasses.replace(ctx.protocol, baseline_budget_s=budget))
     system = build_baseline(name)
     t0 = time.perf_counter()
-    system.fit(inter, split, run_cfg)
+    system.fit(inter, split, ctx)
     seconds = time.perf_counter() - t0
     print(f"fitted {name} in {seconds:.0f}s" + (f" (budget {budget:.0f}s)" if budget else ""), flush=True)
     return system

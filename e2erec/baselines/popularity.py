@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from e2erec.data.types import Interactions, Split
-from e2erec.eval.protocol import mask_history, target_chunks, top_k, training_targets
+from e2erec.eval.protocol import FitContext, mask_history, target_chunks, top_k, training_targets
 
 
 class Popularity:
@@ -16,7 +16,7 @@ class Popularity:
     def __init__(self) -> None:
         self.counts: np.ndarray | None = None
 
-    def fit(self, inter: Interactions, split: Split, cfg=None) -> None:
+    def fit(self, inter: Interactions, split: Split, ctx: FitContext | None = None) -> None:
         rows = training_targets(inter, split, min_history=0)  # every training event
         self.counts = np.bincount(inter.item[rows], minlength=inter.n_items).astype(np.float64)
 

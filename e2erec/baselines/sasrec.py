@@ -16,7 +16,6 @@ from torch import nn
 from e2erec.baselines.common import (
     baseline_rule,
     count_params,
-    eval_config,
     fit_early_stopping,
     seed_everything,
     select_score,
@@ -26,7 +25,7 @@ from e2erec.baselines.common import (
 )
 from e2erec.data.jagged import newest_first_windows
 from e2erec.data.types import Interactions, Split
-from e2erec.eval.protocol import mask_history, padded_histories, target_chunks, top_k
+from e2erec.eval.protocol import FitContext, mask_history, padded_histories, target_chunks, top_k
 
 
 class SASRecNet(nn.Module):
@@ -88,41 +87,41 @@ class SASRec:
         self.net: SASRecNet | None = None
         self.fit_log = None
 
-    def fit(self, inter: Interactions, split: Split, cfg) -> None:
-        ecfg = eval_config(cfg)
-        rng = seed_everything(ecfg.seed, ecfg.baseline_threads)
-        inputs, targets = training_windows(inter, split, ecfg.baseline_max_len)
-        self.net = SASRecNet(inter.n_items, ecfg.baseline_dim, ecfg.baseline_max_len, n_layers=ecfg.sasrec_layers,
-                             dropout=ecfg.sasrec_dropout)
-        opt = torch.optim.Adam(self.net.parameters(), lr=ecfg.baseline_lr)
+    def fit(self, inter: Interactions, split: Split, ctx: FitContext) -> None:
+        p, hp = ctx.protocol, ctx.baseline
+        rng = seed_everything(p.seed, hp.threads)
+        inputs, targets = training_windows(inter, split, hp.max_len)
+        self.net = SASRecNet(inter.n_items, hp.sasrec_dim, hp.max_len, n_layers=hp.sasrec_layers,
+                             dropout=hp.sasrec_dropout)
+        opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr)
         valid = split_valid_targets(split)
-        cut = int(ecfg.select_metric.partition("@")[2] or ecfg.top_k)
+        cut = int(p.select_metric.partition("@")[2] or p.top_k)
 
         def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, int]:
             x, y = torch.from_numpy(inputs[idx]), torch.from_numpy(targets[idx])
             h = self.net(x)[y >= 0]  # (n_positions, dim)
             y = y[y >= 0]
             table = self.net.item.weight[: inter.n_items]
-            if 0 < ecfg.sasrec_negatives < inter.n_items:
+            if 0 < hp.sasrec_negatives < inter.n_items:
                 # Sampled softmax over the target and shared uniform negatives; a uniform proposal's logQ
                 # correction is a constant, so it drops out. A negative that is the target is masked.
-                neg = torch.from_numpy(rng.integers(0, inter.n_items, ecfg.sasrec_negatives))
+                neg = torch.from_numpy(rng.integers(0, inter.n_items, hp.sasrec_negatives))
                 negatives = (h @ table[neg].T).masked_fill(neg[None, :] == y[:, None], float("-inf"))
                 logits = torch.cat([(h * table[y]).sum(-1, keepdim=True), negatives], dim=1)
                 return nn.functional.cross_entropy(logits, torch.zeros_like(y)), len(h)
             return nn.functional.cross_entropy(h @ table.T, y), len(h)  # (n_positions, n_items) logits
 
         def train_epoch(epoch: int) -> float:
-            return train_epoch_over(opt, len(inputs), ecfg.baseline_batch_size, rng, f"sasrec epoch {epoch}",
+            return train_epoch_over(opt, len(inputs), hp.batch_size, rng, f"sasrec epoch {epoch}",
                                     batch_loss)
 
         def validate() -> float:
             recs = self.recommend(inter, valid, cut)
-            return select_score(recs, inter.item[valid], ecfg.select_metric)
+            return select_score(recs, inter.item[valid], p.select_metric)
 
-        self.fit_log = fit_early_stopping(self.net, train_epoch, validate, baseline_rule(ecfg, ecfg.baseline_budget_s),
-                                          ecfg.select_metric, name=self.name)
-        first = np.arange(min(ecfg.baseline_batch_size, len(inputs)))
+        self.fit_log = fit_early_stopping(self.net, train_epoch, validate, baseline_rule(p, p.baseline_budget_s),
+                                          p.select_metric, name=self.name)
+        first = np.arange(min(hp.batch_size, len(inputs)))
         self.fit_log.describe(count_params(self.net), step_flops(self.net, batch_loss, first),
                               int((targets >= 0).sum()), "next-item target (one window position)")
 

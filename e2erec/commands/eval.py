@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from e2erec.baselines import build_baseline
     from e2erec.config import load_run_config, save_resolved
     from e2erec.data import load_dataset, make_split
-    from e2erec.eval.protocol import ShardedScoring
+    from e2erec.eval.protocol import FitContext, ShardedScoring
     from e2erec.eval.report import evaluate_systems
     from e2erec.train.distributed import join_launched_group
 
@@ -63,15 +63,15 @@ def run(args: argparse.Namespace) -> int:
     split = make_split(inter, cfg.data)
     for system in systems:
         t0 = time.perf_counter()
-        system.fit(inter, split, cfg)
+        system.fit(inter, split, FitContext.from_run(cfg))
         print(f"fitted {system.name} in {time.perf_counter() - t0:.1f}s")
     generative = []
     for export in args.export:
         from e2erec.generate.system import GenerativeSystem
 
-        pair, _ = GenerativeSystem.both_orders(export, inter, cfg.eval, args.device)
+        pair, _ = GenerativeSystem.both_orders(export, inter, cfg, args.device)
         for system in pair:
-            system.fit(inter, split, cfg)  # the joint order's weight, on validation
+            system.fit(inter, split, FitContext.from_run(cfg))  # the joint order's weight, on validation
             if len(args.export) > 1:  # tell the models apart by their run folder
                 system.name = f"{system.name}:{Path(export).resolve().parent.name}"
         generative += pair

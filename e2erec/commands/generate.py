@@ -6,8 +6,8 @@ lines with --json, or writes every list to --output (JSON lines or Parquet by ex
     e2erec generate --export runs/default/export --users 1,2 --k 10          # raw user ids "1" and "2"
     e2erec generate --export runs/default/export --users 0,1 --user-index    # contiguous indices instead
     e2erec generate --export runs/default/export --users all --output top10.parquet
-    e2erec generate --export runs/default/export eval.steering.include_categories=[Comedy]
-    e2erec generate --export runs/default/export eval.steering.explore_share=0.3 eval.steering.freshness_weight=2
+    e2erec generate --export runs/default/export generate.steering.include_categories=[Comedy]
+    e2erec generate --export runs/default/export generate.steering.explore_share=0.3 generate.steering.freshness_weight=2
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON line per user")
     parser.add_argument("--output", default=None, metavar="PATH",
                         help="write every user's list to PATH (.jsonl or .parquet) instead of printing them")
-    parser.add_argument("overrides", nargs="*", help="eval.steering.* (and other) overrides for this generation")
+    parser.add_argument("overrides", nargs="*", help="generate.steering.* (and other) overrides for this generation")
 
 
 def select_users(spec: str | None, raw_ids: list[str], by_index: bool) -> np.ndarray:

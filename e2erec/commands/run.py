@@ -94,6 +94,7 @@ def run_once(args: argparse.Namespace, extra: list[str] = ()) -> int:
     from e2erec.config import load_run_config, save_resolved
     from e2erec.data import load_dataset, make_split
     from e2erec.data.stats import dataset_stats, format_stats
+    from e2erec.eval.protocol import FitContext
     from e2erec.eval.report import evaluate_systems
     from e2erec.generate.system import GenerativeSystem
     from e2erec.tokenizer.semantic_ids import load_or_build_semantic_ids
@@ -148,7 +149,7 @@ def run_once(args: argparse.Namespace, extra: list[str] = ()) -> int:
     _stage("generate + evaluate", start)
     systems, _ = GenerativeSystem.both_orders(export, inter, device=cfg.train.device)
     for system in systems:
-        system.fit(inter, split, cfg)
+        system.fit(inter, split, FitContext.from_run(cfg))
     report_dir = run_dir / "eval"
     evaluate_systems(systems + baselines, inter, split, cfg.eval, report_dir)
     elapsed = time.perf_counter() - start

@@ -7,12 +7,44 @@ training events (rows ``offsets[u] : train_end[u]``) plus the validation targets
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from e2erec.data.types import Interactions, Split
+from e2erec.eval.config import EvalConfig
 from e2erec.utils.shards import sharded_rows
+
+if TYPE_CHECKING:  # the protocol does not depend on the baselines package; their settings are passed in
+    from e2erec.baselines.config import BaselineConfig
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What `Recommender.fit` reads, and nothing else of the run: the protocol (`eval`: the early-stopping rule, the
+    selection metric, the list length, the seed), the baselines' hyperparameters (`baseline`), and a function that
+    embeds the catalogue's item texts for a system with a content channel (the plugin cascade; None: no encoder)."""
+
+    protocol: EvalConfig
+    baseline: BaselineConfig
+    item_texts: Callable[[Interactions], np.ndarray] | None = None
+
+    @classmethod
+    def from_run(cls, cfg) -> FitContext:
+        """The context of a run config: its `eval` and `baseline` sections, texts by its tokenizer's encoder."""
+        texts = functools.partial(_encode_item_texts, tokenizer=cfg.tokenizer, cache_dir=cfg.data.cache_dir)
+        return cls(cfg.eval, cfg.baseline, texts)
+
+
+def _encode_item_texts(inter: Interactions, *, tokenizer, cache_dir: str) -> np.ndarray:
+    """The tokenizer's language-model embeddings of item texts (cached by the tokenizer under the data cache)."""
+    from e2erec.tokenizer import encode_item_texts
+    from e2erec.utils.io import cache_root
+
+    return np.asarray(encode_item_texts(inter, tokenizer, cache_root(cache_dir)), dtype=np.float32)
 
 
 @runtime_checkable
@@ -21,8 +53,8 @@ class Recommender(Protocol):
 
     name: str
 
-    def fit(self, inter: Interactions, split: Split, cfg) -> None:
-        """Train on the split's training events; early-stop on `split.valid`. `cfg` is the run config."""
+    def fit(self, inter: Interactions, split: Split, ctx: FitContext) -> None:
+        """Train on the split's training events; early-stop on `split.valid` under `ctx.protocol`'s rule."""
 
     def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
         """[n_targets, k] item ids for each target's history, excluding items already in that history."""

@@ -1,5 +1,2 @@
-"""Generation: trie-constrained, steerable beam search over semantic IDs (`e2erec.generate.beam`)."""
-
-from e2erec.generate.beam import BeamState, ItemInfo, constrained_beam_search
-
-__all__ = ["BeamState", "ItemInfo", "constrained_beam_search"]
+"""Generation: trie-constrained, steerable beam search over semantic IDs (`e2erec.generate.beam`), its settings
+(`e2erec.generate.config`), and the end-to-end model as an evaluated system (`e2erec.generate.system`)."""

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from e2erec.errors import DataError
-from e2erec.eval.config import SteeringConfig
+from e2erec.generate.config import SteeringConfig
 from e2erec.tokenizer.trie import PrefixTrie
 
 NEG_INF = float("-inf")
@@ -83,7 +83,7 @@ def item_values(steering: SteeringConfig | None, info: ItemInfo | None, n_items:
     col = {c: j for j, c in enumerate(info.categories)}
     for name in [*steering.include_categories, *steering.boost_categories]:
         if name not in col:
-            raise DataError(f"eval.steering: unknown category {name!r}; the items have {info.categories}")
+            raise DataError(f"generate.steering: unknown category {name!r}; the items have {info.categories}")
     if steering.include_categories:
         allowed = info.multi_hot[:, [col[c] for c in steering.include_categories]].any(1)
         value[~allowed] = NEG_INF
@@ -209,7 +209,7 @@ def constrained_beam_search(
     values = NodeValues(trie, static_node_values(trie, steering, item_info, explore > 0))
     if steering is not None and steering.exclude_seen and seen is None:
         raise ValueError("steering.exclude_seen is set but no `seen` items were given (pass seen=, or set "
-                         "eval.steering.exclude_seen=false)")
+                         "generate.steering.exclude_seen=false)")
     if steering is not None and steering.exclude_seen:
         values.exclude(*_seen_pairs(seen, batch_size, device))
     n_groups = values.static[0].shape[0]

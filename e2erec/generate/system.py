@@ -21,7 +21,7 @@ import torch
 
 from e2erec.data.jagged import gather_histories
 from e2erec.data.types import Interactions, Split
-from e2erec.eval.protocol import history_events, target_users
+from e2erec.eval.protocol import FitContext, history_events, target_users
 from e2erec.generate.beam import ItemInfo, constrained_beam_search
 from e2erec.utils.shards import sharded_rows
 
@@ -62,11 +62,12 @@ class GenerativeSystem:
         self.fit_log: dict | None = None
 
     @classmethod
-    def from_export(cls, export_dir: str | Path, inter: Interactions | None = None, eval_cfg=None,
+    def from_export(cls, export_dir: str | Path, inter: Interactions | None = None, settings=None,
                     device: str = "auto", **kwargs) -> tuple[GenerativeSystem, Interactions]:
         """Load an `e2erec train` export (no DeepSpeed) and the semantic-ID artifact it was trained with; the
-        dataset is the export's own (`cfg.data`) unless `inter` is given. `eval_cfg` (an `EvalConfig`) replaces the
-        export's `eval` section, so the evaluating command's beam size and steering apply, not the training run's.
+        dataset is the export's own (`cfg.data`) unless `inter` is given. `settings` (the evaluating command's run
+        config) replaces the export's `eval` and `generate` sections, so its protocol, beam size and steering apply,
+        not the training run's.
         `device`: where the model, the trie and the search run ("auto": the GPU when there is one). Returns
         (system, dataset)."""
         from e2erec.data import load_dataset
@@ -74,8 +75,8 @@ class GenerativeSystem:
         from e2erec.tokenizer import SemanticIDs
 
         model, cfg = load_exported(export_dir, resolve_device(device))
-        if eval_cfg is not None:
-            cfg = dataclasses.replace(cfg, eval=eval_cfg)
+        if settings is not None:
+            cfg = dataclasses.replace(cfg, eval=settings.eval, generate=settings.generate)
         inter = inter if inter is not None else load_dataset(cfg.data)
         meta = export_meta(export_dir)
         system = cls(model, SemanticIDs.load(semantic_ids_dir(export_dir), inter), cfg, **kwargs)
@@ -87,28 +88,30 @@ class GenerativeSystem:
         return system, inter
 
     @classmethod
-    def both_orders(cls, export_dir: str | Path, inter: Interactions | None = None, eval_cfg=None,
+    def both_orders(cls, export_dir: str | Path, inter: Interactions | None = None, settings=None,
                     device: str = "auto") -> tuple[list[GenerativeSystem], Interactions]:
         """The export in generation order and in the joint order (what reports show side by side), sharing one
         loaded model and semantic-ID artifact. Returns ([generation, joint], dataset); call `fit` on the joint one
         to choose its weight on validation."""
-        beam, inter = cls.from_export(export_dir, inter, eval_cfg, device, rank_by="beam")
+        beam, inter = cls.from_export(export_dir, inter, settings, device, rank_by="beam")
         joint = cls(beam.model, beam.sids, beam.cfg, rank_by="joint")
         joint.fit_log = dict(beam.fit_log)
         return [beam, joint], inter
 
-    def fit(self, inter: Interactions, split: Split, cfg=None) -> None:
+    def fit(self, inter: Interactions, split: Split, ctx: FitContext | None = None) -> None:
         """The model is trained by `e2erec train` (DeepSpeed), not here. The joint order's weight w is chosen here,
         on the validation targets: one beam search and one calibration pass, then every w of `JOINT_WEIGHTS`
-        re-orders the same lists and the best `eval.select_metric` wins (ties: the smaller w)."""
+        re-orders the same lists and the best `eval.select_metric` wins (ties: the smaller w). The protocol is
+        `ctx.protocol`, else the export's own `eval` section."""
         if self.rank_by != "joint":
             return
         from e2erec.baselines.common import select_score, split_valid_targets
 
         valid = split_valid_targets(split)
-        metric = self.cfg.eval.select_metric
-        k = int(metric.partition("@")[2] or self.cfg.eval.top_k)
-        items, log_gen, probs = self._search(inter, target_users(inter, valid), valid, max(k, self.cfg.eval.top_k))
+        protocol = ctx.protocol if ctx is not None else self.cfg.eval
+        metric = protocol.select_metric
+        k = int(metric.partition("@")[2] or protocol.top_k)
+        items, log_gen, probs = self._search(inter, target_users(inter, valid), valid, max(k, protocol.top_k))
         scores = {}
         for w in JOINT_WEIGHTS:
             ranked = self._order(items, log_gen, probs, w)[0][:, :k].numpy()
@@ -156,9 +159,9 @@ class GenerativeSystem:
         """Beam search for each history: (items [n, k] in generation order, their generation scores, and — unless
         `rank_by="beam"` — their calibrated probabilities), returned on the CPU; the search runs on the model's
         device."""
-        steering = steering if steering is not None else self.cfg.eval.steering
+        steering = steering if steering is not None else self.cfg.generate.steering
         info = self._info(inter)
-        beam = max(self.cfg.eval.beam_size, k)
+        beam = max(self.cfg.generate.beam_size, k)
         users, ends = np.asarray(users, dtype=np.int64), np.asarray(ends, dtype=np.int64)
 
         def block(lo: int, hi: int):  # this rank's rows (all of them without a process group)

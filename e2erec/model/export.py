@@ -25,9 +25,10 @@ from typing import Any
 import torch
 import yaml
 
-from e2erec.config import RunConfig, from_dict
+from e2erec.config import RunConfig, from_dict, upgrade_saved
 from e2erec.errors import ArtifactMismatchError
 from e2erec.model.model import GenerativeRecommender
+from e2erec.utils.manifest import has_manifest, verify_manifest
 
 FORMAT_VERSION = 1
 SEMANTIC_IDS_DIR = "semantic_ids"
@@ -60,9 +61,12 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     """(model in eval mode, run config) from an export folder; reads safetensors only (no pickle, no DeepSpeed)."""
     path = Path(path)
     meta = export_meta(path)
+    if has_manifest(path):  # sizes always; digests up to SMALL_BYTES (`e2erec verify` checks every digest)
+        verify_manifest(path, what="export")
     if meta.get("format") != FORMAT_VERSION:
         raise ArtifactMismatchError(f"{path}/meta.json: export format {meta.get('format')}, expected {FORMAT_VERSION}")
-    cfg = from_dict(RunConfig, yaml.safe_load((path / "config.yaml").read_text()), source=str(path / "config.yaml"))
+    saved = upgrade_saved(yaml.safe_load((path / "config.yaml").read_text()))
+    cfg = from_dict(RunConfig, saved, source=str(path / "config.yaml"))
     # Exports from before the calibration head's item statistics have no num_items: built without them.
     model = GenerativeRecommender(cfg.model, meta["codebook_sizes"], num_items=meta.get("num_items", 0)).to(device)
     return load_weights(path, model).eval(), cfg

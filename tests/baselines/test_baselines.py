@@ -6,16 +6,17 @@ import torch
 
 from e2erec.baselines import BASELINES, build_baseline
 from e2erec.baselines.common import fit_early_stopping
+from e2erec.baselines.config import BaselineConfig
 from e2erec.config import ConfigError
 from e2erec.eval.config import EvalConfig
 from e2erec.eval.metrics import hit_rate, target_ranks
-from e2erec.eval.protocol import Recommender, history_csr
+from e2erec.eval.protocol import FitContext, Recommender, history_csr
 from e2erec.eval.stopping import STOP_REASONS, StoppingRule
 from e2erec.eval.toy import item_vectors, markov_interactions, toy_split
 
-CFG = EvalConfig(top_k=10, ks=[1, 5, 10], baseline_epochs=3, patience=2, baseline_dim=16, cascade_dim=16, baseline_max_len=8,
-                 baseline_batch_size=32, baseline_lr=1e-2, baseline_threads=1, cascade_candidates=20,
-                 cascade_negatives=32, semantic_candidates=10)
+CFG = FitContext(EvalConfig(top_k=10, ks=[1, 5, 10], baseline_epochs=3, patience=2),
+                 BaselineConfig(sasrec_dim=16, cascade_dim=16, max_len=8, batch_size=32, lr=1e-2, threads=1,
+                                cascade_candidates=20, cascade_negatives=32, semantic_candidates=10))
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +74,11 @@ def test_baseline_beats_popularity_on_markov_data(name, toy, popularity_hr):
 
 
 def test_sasrec_with_sampled_negatives_learns_and_draws_them_from_its_seed(toy, popularity_hr):
-    """eval.sasrec_negatives > 0 (the scale ladder's sampled softmax) still learns the ring; same seed, same model."""
+    """baseline.sasrec_negatives > 0 (the scale ladder's sampled softmax) still learns the ring; same seed, same model."""
     import dataclasses
 
     inter, split = toy
-    cfg = dataclasses.replace(CFG, sasrec_negatives=8)
+    cfg = dataclasses.replace(CFG, baseline=dataclasses.replace(CFG.baseline, sasrec_negatives=8))
     a, b = build_baseline("sasrec"), build_baseline("sasrec")
     a.fit(inter, split, cfg)
     b.fit(inter, split, cfg)
@@ -137,11 +138,11 @@ def test_every_baseline_records_its_stop_under_the_one_rule(toy):
     assert len(stages) == 5  # sasrec, and retrieval + ranker of both cascades
     for stage, log in stages:
         assert log["stop_reason"] in STOP_REASONS, stage
-        assert 1 <= log["best_epoch"] <= len(log["valid"]) <= CFG.baseline_epochs, stage
-        assert log["patience"] == CFG.patience and log["max_evals"] == CFG.baseline_epochs, stage
+        assert 1 <= log["best_epoch"] <= len(log["valid"]) <= CFG.protocol.baseline_epochs, stage
+        assert log["patience"] == CFG.protocol.patience and log["max_evals"] == CFG.protocol.baseline_epochs, stage
         assert log["params"] > 0 and log["flops_per_example"] > 0 and log["wall_s"] > 0, stage
         if log["stop_reason"] == "converged":
-            assert len(log["valid"]) - log["best_epoch"] == CFG.patience, stage
+            assert len(log["valid"]) - log["best_epoch"] == CFG.protocol.patience, stage
 
 
 def test_din_attention_factorisation_equals_the_concatenated_form(toy):

@@ -175,8 +175,8 @@ def test_eval_command_on_movielens(ml100k, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "e2erec.cli", "eval", "--systems", "popularity,sasrec", "--out", str(tmp_path),
          "--predictions", str(tmp_path / "top.parquet"),
-         "eval=fast", "eval.baseline_epochs=1", "eval.bootstrap=20", "eval.baseline_max_len=20",
-         "eval.baseline_dim=16"],
+         "eval=fast", "eval.baseline_epochs=1", "eval.bootstrap=20", "baseline.max_len=20",
+         "baseline.sasrec_dim=16"],
         check=False, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from e2erec.eval.config import SteeringConfig
 from e2erec.generate.beam import ItemInfo, constrained_beam_search
+from e2erec.generate.config import SteeringConfig
 from e2erec.tokenizer.semantic_ids import disambiguate
 from e2erec.tokenizer.trie import PrefixTrie
 

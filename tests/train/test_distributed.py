@@ -172,7 +172,7 @@ def test_sharded_eval_on_two_ranks_equals_the_single_process_report(sids_dir, tm
     weight, then test), rank 0 writes the report, and its numbers are the single-process run's."""
     run_checked(e2erec_cmd() + overrides(tmp_path / "m", sids_dir), subprocess_env())
     args = ["--export", str(tmp_path / "m" / "export"), "--systems", "popularity", "eval.bootstrap=20",
-            "eval.beam_size=10", "eval.top_k=10", "eval.ks=[1,5,10]", "--device", "cpu"]
+            "generate.beam_size=10", "eval.top_k=10", "eval.ks=[1,5,10]", "--device", "cpu"]
     run_checked([sys.executable, "-m", "e2erec", "eval", *args, "--out", str(tmp_path / "single")], subprocess_env())
     proc = run_checked([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                         f"--master_port={free_port()}", "-m", "e2erec", "eval", *args, "--out", str(tmp_path / "sharded")],
