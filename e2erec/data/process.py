@@ -50,8 +50,9 @@ from e2erec.data.config import DataConfig
 from e2erec.data.raw import ITEM_SCHEMA, RawData
 from e2erec.data.sources import resolve_source
 from e2erec.data.types import Interactions, ItemTable
-from e2erec.errors import DataError
+from e2erec.errors import DataError, IntegrityError
 from e2erec.utils.io import atomic_dir, atomic_write_json, cache_root, fingerprint
+from e2erec.utils.manifest import has_manifest, verify_manifest, write_manifest
 
 log = logging.getLogger("e2erec.data")
 
@@ -395,7 +396,12 @@ def prepare(cfg: DataConfig, *, progress: bool = True, force: bool = False) -> P
     final, spec = dataset_dir(cfg, progress)
     with _lock(final.parent / f".{final.name}.lock"):
         if (final / "meta.json").exists() and not force:
-            return final
+            try:
+                if has_manifest(final):  # sizes always; digests when small (`e2erec verify` checks them all)
+                    verify_manifest(final, what="dataset cache")
+                return final
+            except IntegrityError as e:  # a cache: rebuilt from the source it was built from
+                _say(f"warning: {e}; rebuilding it", True)
         t0 = time.perf_counter()
         _say(f"preparing {cfg.name} ({spec.kind}) -> {final}", progress)
         # Arrow's default pool (mimalloc) keeps freed pages for reuse, and ingest frees most of what it reads: on the
@@ -433,6 +439,7 @@ def prepare(cfg: DataConfig, *, progress: bool = True, force: bool = False) -> P
                 **{k: v for k, v in raw.meta.items() if k != "files"},
             }
             atomic_write_json(tmp / "meta.json", meta)
+            write_manifest(tmp)
         _say(f"prepared {meta['n_users']} users, {meta['n_items']} items, {n_events} events "
              f"(from {out['n_raw_events']} raw) in {time.perf_counter() - t0:.1f}s", progress)
     return final

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from e2erec.data.types import Interactions, Split
-from e2erec.errors import ArtifactMismatchError
+from e2erec.errors import ArtifactMismatchError, IntegrityError
 from e2erec.tokenizer import metrics as M
 from e2erec.tokenizer.config import TokenizerConfig
 from e2erec.tokenizer.embed import data_fingerprint, embed_items
 from e2erec.tokenizer.quantize import Quantized, quantize
 from e2erec.tokenizer.trie import PrefixTrie
 from e2erec.utils.io import atomic_dir, atomic_write_json, fingerprint, to_dict
+from e2erec.utils.manifest import has_manifest, verify_manifest, write_manifest
 
 VERSION = 1
 
@@ -65,6 +67,7 @@ class SemanticIDs:
             save_file(tensors, str(tmp / "codes.safetensors"))
             atomic_write_json(tmp / "meta.json", {**self.meta, "codebook_sizes": self.codebook_sizes,
                                                   "version": VERSION})
+            write_manifest(tmp)
         return directory
 
     @classmethod
@@ -75,6 +78,8 @@ class SemanticIDs:
         if not meta_file.exists() or not codes_file.exists():
             raise ArtifactMismatchError(f"{directory}: not a semantic-ID artifact (meta.json / codes.safetensors "
                                         "missing); build one with `e2erec tokenize`")
+        if has_manifest(directory):  # a few MB: digests checked (an export's copy is covered by the export's own)
+            verify_manifest(directory, what="semantic-ID artifact")
         try:
             meta = json.loads(meta_file.read_text())
         except json.JSONDecodeError as e:
@@ -201,7 +206,10 @@ def load_or_build_semantic_ids(
     """
     directory = artifact_dir(cache_dir, inter, split, cfg)
     if not force and (directory / "meta.json").exists():
-        return SemanticIDs.load(directory, inter), directory, False
+        try:
+            return SemanticIDs.load(directory, inter), directory, False
+        except IntegrityError as e:  # a cache: rebuilt from the dataset, which is what it was built from
+            print(f"[e2erec] warning: {e}; rebuilding it", file=sys.stderr, flush=True)
     sem, _ = build_semantic_ids(inter, split, cfg, cache_dir, progress=progress)
     sem.save(directory)
     return sem, directory, True

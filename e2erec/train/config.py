@@ -49,7 +49,14 @@ class TrainConfig:
     eval_every: int = 200
     ckpt_every: int = 500
     keep_last: int = 3
+    # Before each checkpoint write: prune what it would prune anyway, then refuse to start the write with less free
+    # space (GB) than this (0 = no check; a write that fails still stops the run with a clear error, exit code 74).
+    min_free_gb: float = 0.0
+    verify_checkpoints: bool = False  # resume checks every checkpoint file's SHA-256 (else sizes, digests if small)
     max_bad_steps: int = 10  # NaN/inf losses tolerated (each skipped) before aborting
+    # How long a rank waits in a collective for the others (seconds) before it gives up: bounds the wait when a
+    # rank dies or hangs. Above the longest step, evaluation or checkpoint write of the run.
+    collective_timeout_s: float = 600.0
     # Threads that build training batches ahead of the step (e2erec/train/prefetch.py; 0 = in the step). Either way
     # the same batches in the same order: golden losses and resumes do not depend on it.
     num_workers: int = 0
@@ -89,6 +96,10 @@ class TrainConfig:
             raise ValueError("set max_steps, max_tokens or time_budget_s > 0: the run needs a stopping rule")
         if self.keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+        if self.collective_timeout_s <= 0:
+            raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
+        if self.min_free_gb < 0:
+            raise ValueError(f"min_free_gb must be >= 0 (0 = no check), got {self.min_free_gb}")
         if self.log_every < 1 or self.eval_every < 0 or self.ckpt_every < 0:
             raise ValueError("log_every must be >= 1; eval_every and ckpt_every >= 0 (0 = only at the end)")
         if not 0.0 <= self.calib_recent_share <= 1.0:

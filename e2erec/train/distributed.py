@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -155,3 +156,36 @@ def shutdown(clean: bool = True) -> None:
         if clean:
             barrier()
         dist.destroy_process_group()
+
+
+ALIVE_WAIT_S = 5.0  # how long survivors of a failed collective wait for each other's roll call
+
+
+def is_comm_failure(error: BaseException) -> bool:
+    """A collective that failed because a peer died, hung or lost the network (gloo reports it as RuntimeError)."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(s in text for s in (
+        "gloo/transport", "Connection reset by peer", "Connection closed by peer", "NCCL", "Timed out", "timed out"))
+
+
+def missing_ranks(info: DistInfo, wait_s: float = ALIVE_WAIT_S) -> str:
+    """After a failed collective: which ranks are gone, by a roll call through the rendezvous store (a TCP server on
+    rank 0, independent of the broken collective's connections). A rank that does not answer within `wait_s` was
+    killed, crashed or is stuck."""
+    try:
+        store = dist.distributed_c10d._get_default_store()  # no public accessor; any failure only loses the names
+        store.set(f"e2erec/alive/{info.rank}", "1")
+        deadline = time.time() + wait_s
+        while True:
+            gone = [r for r in range(info.world_size) if not store.check([f"e2erec/alive/{r}"])]
+            if not gone or time.time() >= deadline:
+                break
+            time.sleep(0.1)
+    except (RuntimeError, OSError):  # the store itself is gone (DistStoreError): it lives in rank 0's process
+        return "rank 0 is gone (its rendezvous store no longer answers)"
+    if not gone:
+        return "every rank still answers the roll call, so one is stuck in another collective"
+    return f"rank{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone))} of {info.world_size} " \
+           f"{'are' if len(gone) > 1 else 'is'} gone (killed, crashed or stuck)"

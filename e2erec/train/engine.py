@@ -24,6 +24,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 import torch
 
 from e2erec.config import RunConfig, save_resolved
-from e2erec.errors import E2ERecError
+from e2erec.errors import E2ERecError, IntegrityError, RankLostError
 from e2erec.eval.stopping import FitLog, StoppingRule
 from e2erec.model.export import export_meta, load_weights
 from e2erec.train import checkpoint as C
@@ -82,7 +83,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, task: TrainTask, info: D.DistInfo | None = None, run_dir: Path | None = None):
         self.cfg, self.task = cfg, task
         self.tcfg = cfg.train
-        self.info = info or D.init_distributed(cfg.train.device)
+        self.info = info or D.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
         self.run_dir = Path(run_dir or cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         on_gpu = self.info.device.type == "cuda"
@@ -125,6 +126,7 @@ class Trainer:
         self.n_seqs = 0  # training sequences seen: tokens / n_seqs is the mean sequence length used for FLOPs
         self.examples = 0  # training targets seen (predicted items + calibration labels), for FLOPs per example
         self._last_saved = -1
+        self.skipped: list[tuple[Path, str]] = []  # checkpoints resume passed over, and why
         self._t0 = time.time()  # start of this segment of the run (reset by run())
         self._stop_signal: str | None = None  # set by the signal handler on this rank
         self._agreed_stop = False  # some rank had been signalled at the last step's all-reduce
@@ -170,8 +172,31 @@ class Trainer:
         }
 
     def resume(self) -> Path | None:
-        path = C.resolve_resume(self.tcfg.resume, self.ckpt_root)
+        """Restore the newest checkpoint that passes verification on every rank. `train.resume=auto` skips the ones
+        that fail, warning with the reason (`self.skipped` keeps them for the log); an explicit path does not."""
+        candidates = C.resume_candidates(self.tcfg.resume, self.ckpt_root)
+        checksums = True if self.tcfg.verify_checkpoints else None
+        path = None
+        for candidate in candidates:
+            reason = None
+            try:
+                C.verify_checkpoint(candidate, checksums=checksums)
+            except E2ERecError as e:
+                reason = str(e)
+            if D.all_agree(reason is None, self.info.device):
+                path = candidate
+                break
+            reason = reason or "it failed verification on another rank"
+            if self.tcfg.resume != "auto":
+                raise IntegrityError(f"train.resume={self.tcfg.resume}: {reason}")
+            self.skipped.append((candidate, reason))
+            if self.info.is_main:
+                print(f"[e2erec] warning: skipping checkpoint {candidate}: {reason}", file=sys.stderr, flush=True)
         if path is None:
+            if self.skipped:
+                listed = "; ".join(f"{p.name}: {why}" for p, why in self.skipped)
+                raise IntegrityError(f"train.resume=auto: no checkpoint under {self.ckpt_root} is valid ({listed}). "
+                                     f"Move them aside to start afresh.")
             return None
         state = C.load_checkpoint(self.engine, path, self.identity, self.info)
         self.step, self.tokens = state["step"], state["tokens"]
@@ -393,7 +418,7 @@ class Trainer:
 
     def save(self) -> Path:
         path = C.save_checkpoint(self.engine, self.ckpt_root, self.step, self.trainer_state(), self.identity,
-                                 self.info, self.tcfg.keep_last)
+                                 self.info, self.tcfg.keep_last, self.tcfg.min_free_gb)
         self._last_saved = self.step
         return path
 
@@ -403,11 +428,16 @@ class Trainer:
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_resolved(self.cfg, self.run_dir)
+        stale = C.remove_stale_temporaries(self.ckpt_root) if info.is_main else []
         resumed = self.resume()
         self._t0 = time.time()
         self._install_signal_handlers()
         total = max(0, t.max_steps)
         log = RunLogger(self.run_dir, info.is_main, t.tensorboard, total=total, initial=self.step)
+        for path in stale:
+            log.event(self.step, f"removed {path}, the unfinished checkpoint of an earlier run")
+        for path, why in self.skipped:
+            log.event(self.step, f"skipped checkpoint {path}: {why}")
         if resumed is not None:
             log.event(self.step, f"resumed from {resumed}")
         peak = peak_tflops(info.device, t.peak_tflops)
@@ -463,7 +493,18 @@ class Trainer:
             self._write_final(status, final_eval)
             return EXIT_PREEMPTED if status == "preempted" else 0
         except BaseException as e:
-            self._write_final("failed", self.last_eval, error=f"{type(e).__name__}: {e}")
+            lost = D.missing_ranks(info) if info.world_size > 1 and D.is_comm_failure(e) else None
+            try:
+                self._write_final("failed", self.last_eval, error=f"{type(e).__name__}: {e}")
+            except OSError as unwritten:  # e.g. the disk that failed the checkpoint: the first error is the news
+                print(f"[e2erec] warning: could not record the failure in final.json: {unwritten}", file=sys.stderr)
+            if lost is not None:
+                done = C.list_checkpoints(self.ckpt_root)
+                raise RankLostError(
+                    f"rank {info.rank} stopped at step {self.step}: a collective failed and {lost}. "
+                    f"Last checkpoint: {done[-1] if done else 'none'}; relaunch the job with train.resume=auto "
+                    f"(it loses the steps since). The collective said: {str(e).splitlines()[0][:300]}"
+                ) from None
             raise
         finally:
             self._close_stream()
@@ -543,7 +584,7 @@ def _flatten_eval(ev: dict[str, Any]) -> dict[str, Any]:
 
 def train(cfg: RunConfig, task: TrainTask | None = None) -> int:
     """Run a training job from a resolved config (any launcher); returns the exit code."""
-    info = D.init_distributed(cfg.train.device)
+    info = D.init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
     try:
         if task is None:
             from e2erec.train.task import RecTask

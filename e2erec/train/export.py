@@ -31,6 +31,7 @@ from e2erec.config import RunConfig, save_resolved
 from e2erec.model.export import FORMAT_VERSION, ITEMS_FILE, SEMANTIC_IDS_DIR
 from e2erec.train import distributed as D
 from e2erec.utils.io import atomic_dir, atomic_write_json, atomic_write_text, to_dict
+from e2erec.utils.manifest import write_manifest
 
 
 def write_item_table(items, path: Path) -> Path:
@@ -84,6 +85,7 @@ def export_model(out_dir: Path, state: dict[str, torch.Tensor], meta: dict[str, 
                 _link_or_copy(Path(semantic_ids) / name, tmp / SEMANTIC_IDS_DIR / name)
             _link_or_copy(Path(item_table), tmp / ITEMS_FILE)
             atomic_write_text(tmp / "README.md", model_card(cfg, meta))
+            write_manifest(tmp)
     D.barrier()
     return out_dir if is_main else None
 

@@ -51,14 +51,26 @@ def _job_state(job: str) -> str:
     return m.group(1) if m else "GONE"
 
 
-def _wait_for(cond, timeout: float, what: str, log: Path | None = None):
+def _slurm_says(job: str | None) -> str:
+    """What Slurm knows, for a timeout's message: the queue with each job's pending reason, the node, the job."""
+    cmds = [["squeue", "-a", "-o", "%i %T %r %C %M %N"], ["sinfo", "-N", "-o", "%N %T %C %E"]]
+    if job:
+        cmds.append(["scontrol", "show", "job", job])
+    out = []
+    for cmd in cmds:
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
+        out.append(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}")
+    return "\n".join(out)
+
+
+def _wait_for(cond, timeout: float, what: str, log: Path | None = None, job: str | None = None):
     t0 = time.time()
     while time.time() - t0 < timeout:
         if (v := cond()):
             return v
         time.sleep(0.5)
-    detail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
+    detail = log.read_text()[-3000:] if log is not None and log.exists() else f"(no job output: {log} not written)"
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}\n{_slurm_says(job)}")
 
 
 @pytest.mark.slurm
@@ -69,12 +81,12 @@ def test_two_rank_training_is_preempted_requeued_and_resumes(slurm_cluster, tmp_
     job = _sbatch("--cpus-per-task=2", f"--output={out}", "slurm/train_torchrun.sbatch", *TRAIN,
                   f"out_dir={run_dir}", "name=preempt", env={"E2EREC_NPROC_PER_NODE": "2"})
     ckpts = run_dir / "checkpoints"
-    _wait_for(lambda: ckpts.exists() and any(ckpts.glob("step_*")), 180, "the first checkpoint", out)
+    _wait_for(lambda: ckpts.exists() and any(ckpts.glob("step_*")), 180, "the first checkpoint", out, job)
     # What --signal=B:USR1@120 does before a time limit, now.
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
     final = run_dir / "final.json"
     _wait_for(lambda: final.exists() and json.loads(final.read_text())["status"] == "completed"
-              and _job_state(job) in ("COMPLETED", "GONE"), 240, "the requeued job to finish", out)
+              and _job_state(job) in ("COMPLETED", "GONE"), 240, "the requeued job to finish", out, job)
     log = out.read_text()
     info = json.loads(final.read_text())
     assert "requeueing job" in log and "(restart 1)" in log, log[-3000:]
@@ -113,7 +125,7 @@ def test_deepspeed_launcher_variant_trains_two_ranks(slurm_cluster, tmp_path):
     job = _sbatch("--cpus-per-task=2", f"--output={out}", "slurm/train_deepspeed.sbatch", *train, "train.max_steps=4",
                   "train.ckpt_every=0", f"out_dir={run_dir}", "name=ds", env={"E2EREC_NPROC_PER_NODE": "2"})
     final = run_dir / "final.json"
-    _wait_for(lambda: final.exists() and _job_state(job) in ("COMPLETED", "GONE"), 180, "the DeepSpeed job", out)
+    _wait_for(lambda: final.exists() and _job_state(job) in ("COMPLETED", "GONE"), 180, "the DeepSpeed job", out, job)
     info = json.loads(final.read_text())
     assert info["status"] == "completed" and info["world_size"] == 2, out.read_text()[-2000:]
     assert "step finished with exit status 0" in out.read_text()

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from e2erec.config import ConfigError, load_run_config
-from e2erec.errors import ArtifactMismatchError, DataError
-from e2erec.train.checkpoint import check_identity, resolve_resume
+from e2erec.errors import ArtifactMismatchError, DataError, IntegrityError
+from e2erec.train.checkpoint import check_identity, remove_stale_temporaries, resume_candidates, verify_checkpoint
 from e2erec.train.config import TrainConfig
 from e2erec.train.ds_config import deepspeed_config, resolve_precision
 from e2erec.train.optim import lr_factor
+from e2erec.utils.manifest import verify_manifest, write_manifest
 
 from .helpers import REPO, subprocess_env
 
@@ -70,17 +71,62 @@ def test_identity_mismatch_names_codebook_and_data():
         check_identity(saved, dict(saved, world_size=4), "ckpt")
 
 
-def test_resolve_resume(tmp_path):
-    assert resolve_resume("", tmp_path) is None
-    assert resolve_resume("auto", tmp_path / "checkpoints") is None  # first start of a requeued job
+def test_resume_candidates_newest_first_and_stale_temporaries_removed(tmp_path):
+    root = tmp_path / "checkpoints"
+    assert resume_candidates("", root) == []
+    assert resume_candidates("auto", root) == []  # first start of a requeued job
     for step in (3, 12):
-        (tmp_path / "checkpoints" / f"step_{step:08d}").mkdir(parents=True)
-        (tmp_path / "checkpoints" / f"step_{step:08d}" / "identity.json").write_text("{}")
-    (tmp_path / "checkpoints" / ".step_00000015.tmp").mkdir()  # a save killed half-way is never picked
-    assert resolve_resume("auto", tmp_path / "checkpoints").name == "step_00000012"
-    assert resolve_resume(str(tmp_path), tmp_path / "other").name == "step_00000012"  # a run folder
+        (root / f"step_{step:08d}").mkdir(parents=True)
+        (root / f"step_{step:08d}" / "identity.json").write_text("{}")
+    (root / ".step_00000015.tmp").mkdir()  # a save killed half-way is never picked
+    assert [p.name for p in resume_candidates("auto", root)] == ["step_00000012", "step_00000003"]
+    assert [p.name for p in resume_candidates(str(tmp_path), tmp_path / "other")] == ["step_00000012"]  # a run folder
     with pytest.raises(DataError, match="not a checkpoint folder"):
-        resolve_resume(str(tmp_path / "nope"), tmp_path)
+        resume_candidates(str(tmp_path / "nope"), tmp_path)
+    assert [p.name for p in remove_stale_temporaries(root)] == [".step_00000015.tmp"]
+    assert not (root / ".step_00000015.tmp").exists() and (root / "step_00000012").exists()
+
+
+def test_manifest_names_the_missing_short_and_corrupted_file(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "model.pt").write_bytes(b"x" * 1000)
+    (tmp_path / "state.json").write_text("{}")
+    (tmp_path / ".tmpfile").write_text("not recorded")
+    manifest = write_manifest(tmp_path, exclude=("state.json",))
+    assert sorted(manifest["files"]) == ["ds/model.pt"]
+    verify_manifest(tmp_path, checksums=True)
+    data = bytearray((tmp_path / "ds" / "model.pt").read_bytes())
+    data[500] ^= 1  # one flipped bit: same size
+    (tmp_path / "ds" / "model.pt").write_bytes(bytes(data))
+    verify_manifest(tmp_path, checksums=False)  # sizes only: passes
+    with pytest.raises(IntegrityError, match=r"ds/model.pt has SHA-256 .* \(corrupted\)"):
+        verify_manifest(tmp_path)  # small folder: digests checked by default
+    (tmp_path / "ds" / "model.pt").write_bytes(b"x" * 10)
+    with pytest.raises(IntegrityError, match=r"ds/model.pt is 10 bytes, the manifest says 1,000 \(cut short"):
+        verify_manifest(tmp_path, checksums=False)
+    (tmp_path / "ds" / "model.pt").unlink()
+    with pytest.raises(IntegrityError, match="ds/model.pt is missing"):
+        verify_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{trunc")
+    with pytest.raises(IntegrityError, match="unreadable manifest"):
+        verify_manifest(tmp_path)
+
+
+def test_verify_checkpoint_reads_metadata_and_manifest(tmp_path):
+    ckpt = tmp_path / "step_00000010"
+    ckpt.mkdir()
+    (ckpt / "identity.json").write_text("{}")
+    (ckpt / "trainer_state.json").write_text('{"step": 10')
+    with pytest.raises(DataError, match="trainer_state.json is unreadable"):
+        verify_checkpoint(ckpt)
+    (ckpt / "trainer_state.json").write_text('{"step": 10}')
+    verify_checkpoint(ckpt)  # written before manifests: metadata only
+    (ckpt / "rng_rank0.pt").write_bytes(b"r" * 64)
+    write_manifest(ckpt, exclude=("identity.json",))
+    verify_checkpoint(ckpt)
+    (ckpt / "rng_rank0.pt").write_bytes(b"r" * 63)
+    with pytest.raises(IntegrityError, match="checkpoint .*step_00000010 failed verification: rng_rank0.pt is 63"):
+        verify_checkpoint(ckpt)
 
 
 def test_command_reports_bad_config_in_one_line():
