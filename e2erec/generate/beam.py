@@ -145,9 +145,11 @@ class NodeValues:
                 values = torch.full((n_groups, keys.numel()), NEG_INF, device=keys.device)
             else:
                 child = trie.children[depth][keys % n].long()  # (P, K): the node's children, -1 where none
-                sub = self.lookup(depth + 1, torch.arange(n_groups, device=keys.device)[:, None, None],
-                                  (keys // n)[None, :, None], child.clamp_min(0)[None])  # (G, P, K)
-                values = sub.masked_fill(child[None] < 0, NEG_INF).amax(-1)
+                at = (child >= 0).nonzero(as_tuple=True)  # the real children only: (G, P, K) would be mostly -inf
+                sub = self.lookup(depth + 1, torch.arange(n_groups, device=keys.device)[:, None],
+                                  (keys // n)[at[0]][None], child[at][None])  # (G, children)
+                values = torch.full((n_groups, keys.numel()), NEG_INF, device=keys.device)
+                values.scatter_reduce_(1, at[0].expand(n_groups, -1), sub, reduce="amax")
             self.keys[depth - 1], self.override[depth - 1] = keys, values
         return self
 
@@ -231,10 +233,12 @@ def constrained_beam_search(
         logp = logp.float().masked_fill(~valid, NEG_INF)
         norm = logp.logsumexp(-1, keepdim=True)
         logp = torch.where(valid, logp - norm, logp)
-        # Heuristic: the best value still reachable below each child node.
-        h = values.lookup(level + 1, group[None, :, None], rows[:, :, None], child.clamp_min(0))  # (B, beams, K)
+        # Heuristic: the best value still reachable below each child node, looked up for the valid children only
+        # (a level of many codes, such as a large disambiguation level, has few valid ones per beam).
         cum = score[..., None] + logp  # (B, beams, K)
-        rank = torch.where(valid, cum + h, torch.full_like(cum, NEG_INF))
+        at = valid.nonzero(as_tuple=True)
+        rank = torch.full_like(cum, NEG_INF)
+        rank[at] = cum[at] + values.lookup(level + 1, group[at[1]], at[0], child[at])
         # Select per group: (B, G, beam_size * K) -> top beam_size.
         rank_g = rank.view(batch_size, n_groups, beam_size * k)
         top_rank, top_idx = rank_g.topk(beam_size, dim=-1)  # (B, G, beam_size)

@@ -11,6 +11,11 @@ item has that prefix. Leaves (depth n_levels) map to items through `leaf_item`. 
 
 `item_node[l]` (long [n_items]) is the depth-l node on each item's path; steering aggregates per-item values up
 the trie with it (`scatter_reduce` over items -> nodes).
+
+A level whose codes under every node are 0, 1, ..., count - 1 (the disambiguation level: items sharing a prefix
+are numbered in turn) is held as a `CompactLevel`: each node's first child and child count, not a dense row of K.
+Its K is the largest group of items sharing a prefix (1,535 for 1M synthetic items in scripts/bench_scale.py, where
+the dense table took 3.7 GB); compact, it costs 12 bytes per node.
 """
 
 from __future__ import annotations
@@ -18,8 +23,38 @@ from __future__ import annotations
 import torch
 
 
+class CompactLevel:
+    """Children of a level where node n's codes are 0..count[n]-1 and its children are start[n] + code; indexes like
+    the dense int32 table it replaces (`level[nodes]` -> rows [..., K], `level[nodes, codes]` -> ids)."""
+
+    def __init__(self, start: torch.Tensor, count: torch.Tensor, k: int):
+        self.start, self.count, self.k = start, count, k
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.start.numel(), self.k)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, tuple):
+            nodes, codes = index
+            ok = codes < self.count[nodes]
+            return torch.where(ok, self.start[nodes] + codes, torch.full_like(codes, -1)).int()
+        codes = torch.arange(self.k, device=self.start.device)
+        ok = codes < self.count[index].unsqueeze(-1)
+        return torch.where(ok, self.start[index].unsqueeze(-1) + codes, -1).int()
+
+    def tolist(self) -> list[list[int]]:
+        return self[torch.arange(self.start.numel(), device=self.start.device)].tolist()
+
+    def nbytes(self) -> int:
+        return self.start.numel() * self.start.element_size() + self.count.numel() * self.count.element_size()
+
+    def to(self, device: torch.device | str) -> CompactLevel:
+        return CompactLevel(self.start.to(device), self.count.to(device), self.k)
+
+
 class PrefixTrie:
-    def __init__(self, children: list[torch.Tensor], leaf_item: torch.Tensor, item_node: list[torch.Tensor],
+    def __init__(self, children: list[torch.Tensor | CompactLevel], leaf_item: torch.Tensor, item_node: list[torch.Tensor],
                  codebook_sizes: list[int]):
         self.children = children
         self.leaf_item = leaf_item
@@ -40,9 +75,16 @@ class PrefixTrie:
             k = codebook_sizes[level]
             key = node * k + codes[:, level]  # (parent, code) pairs, as one int64 (n_nodes * K fits easily)
             uniq, child = torch.unique(key, return_inverse=True)  # sorted: lexicographic node numbering
-            table = torch.full((int(node.max()) + 1, k), -1, dtype=torch.int32)
-            table.view(-1)[uniq] = torch.arange(uniq.numel(), dtype=torch.int32)
-            children.append(table)
+            n_parents = int(node.max()) + 1
+            parent, code = uniq // k, uniq % k
+            count = torch.bincount(parent, minlength=n_parents)
+            start = torch.cumsum(count, 0) - count  # children of a parent are consecutive ids (sorted keys)
+            if torch.equal(code, torch.arange(uniq.numel()) - start[parent]):  # codes 0..count-1 under every node
+                children.append(CompactLevel(start.int(), count.int(), k))
+            else:
+                table = torch.full((n_parents, k), -1, dtype=torch.int32)
+                table.view(-1)[uniq] = torch.arange(uniq.numel(), dtype=torch.int32)
+                children.append(table)
             node = child
             item_node.append(node)
         if node.numel() and int(node.max()) + 1 != n:
@@ -65,8 +107,9 @@ class PrefixTrie:
 
     def nbytes(self) -> int:
         """Bytes of the trie's tensors (what moving it to a device costs)."""
-        tensors = [*self.children, self.leaf_item, *self.item_node]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        tensors = [c for c in self.children if isinstance(c, torch.Tensor)] + [self.leaf_item, *self.item_node]
+        compact = sum(c.nbytes() for c in self.children if isinstance(c, CompactLevel))
+        return compact + sum(t.numel() * t.element_size() for t in tensors)
 
     def to(self, device: torch.device | str) -> PrefixTrie:
         return PrefixTrie([c.to(device) for c in self.children], self.leaf_item.to(device),

@@ -15,7 +15,7 @@ from e2erec.tokenizer.trie import PrefixTrie
 
 def test_trie_docstring_example():
     trie = PrefixTrie.build(torch.tensor([[0, 2], [1, 0], [0, 1]]), [2, 3])
-    assert trie.children[0].tolist() == [[0, 1]]
+    assert trie.children[0].tolist() == [[0, 1]]  # codes 0..count-1: held compact (CompactLevel)
     assert trie.children[1].tolist() == [[-1, 0, 1], [2, -1, -1]]
     assert trie.leaf_item.tolist() == [2, 0, 1]
 
@@ -29,6 +29,28 @@ def test_disambiguation_makes_every_id_unique_and_decodable():
     sem = SemanticIDs(unique, [3, 3, size])
     assert torch.equal(sem.item_of(unique), torch.arange(200))
     assert disambiguate(torch.arange(5)[:, None])[1] == 0  # already unique: no extra level
+
+
+def test_the_disambiguation_level_is_compact_and_indexes_like_the_dense_table():
+    """Codes 0..count-1 under each node: the trie keeps (first child, count) per node, which must answer every
+    index exactly as the dense [n_nodes, K] table would."""
+    from e2erec.tokenizer.trie import CompactLevel
+
+    g = torch.Generator().manual_seed(2)
+    unique, size = disambiguate(torch.randint(4, (300, 2), generator=g))
+    trie = PrefixTrie.build(unique, [4, 4, size])
+    last = trie.children[2]
+    assert isinstance(last, CompactLevel) and last.shape == (16, size)
+    dense = torch.full((16, size), -1, dtype=torch.int32)  # what the dense table would hold, by brute force
+    prefix_node = {tuple(p): i for i, p in enumerate(sorted({tuple(c) for c in unique[:, :2].tolist()}))}
+    for item, c in enumerate(unique.tolist()):
+        dense[prefix_node[tuple(c[:2])], c[2]] = int((trie.leaf_item == item).nonzero())
+    nodes = torch.arange(16)
+    assert torch.equal(last[nodes], dense) and last.tolist() == dense.tolist()
+    codes = torch.randint(size, (16,), generator=g)
+    assert torch.equal(last[nodes, codes], dense[nodes, codes])
+    assert torch.equal(trie.lookup(unique), torch.arange(300))
+    assert last.nbytes() == 16 * 8  # int32 first child and count per node
 
 
 def test_trie_admits_exactly_the_valid_ids():
