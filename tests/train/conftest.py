@@ -37,11 +37,19 @@ def sids_dir(tmp_path_factory, ml100k, ml100k_split) -> Path:
 
 @pytest.fixture(scope="session")
 def dist_info():
-    """A world-size-1 gloo process group for in-process Trainers (one per test session)."""
+    """A world-size-1 gloo process group for in-process Trainers (one per test session; tests/faults shares it)."""
     from e2erec.train import distributed as D
 
     saved = {k: os.environ.get(k) for k in LAUNCH_ENV}
     info = D.init_distributed("cpu")
+    # The group exists now. Its rendezvous port is held by this process's store: MASTER_ADDR / MASTER_PORT must not
+    # reach the subprocesses later tests start with os.environ, which would try to bind the same port (DeepSpeed
+    # still reads RANK / LOCAL_RANK / WORLD_SIZE in-process, so those stay until the end).
+    for k in ("MASTER_ADDR", "MASTER_PORT"):
+        if saved[k] is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = saved[k]
     yield info
     D.shutdown()
     for k, v in saved.items():
