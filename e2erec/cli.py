@@ -61,24 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except RuntimeError as e:  # a rank of `eval` / `generate` lost its peers: say which, not a collective's traceback
-        lost = _lost_ranks(e)
+        import torch.distributed as dist
+
+        from e2erec.errors import RankLostError
+        from e2erec.train.distributed import lost_ranks
+
+        lost = lost_ranks(e)
         if lost is None:
             raise
-        print(f"e2erec {args._command}: error: {lost}", file=sys.stderr)
-        return 75
-
-
-def _lost_ranks(error: RuntimeError) -> str | None:
-    """The one-line report of a collective that failed because another rank died or hung; None for other errors."""
-    import torch.distributed as dist
-
-    from e2erec.train import distributed as D
-
-    if not (dist.is_initialized() and dist.get_world_size() > 1 and D.is_comm_failure(error)):
-        return None
-    info = D.DistInfo(dist.get_rank(), dist.get_world_size(), 0, None, dist.get_backend())
-    return (f"rank {info.rank}: a collective failed and {D.missing_ranks(info)}; nothing was written as final. "
-            f"Relaunch the job. The collective said: {str(error).splitlines()[0][:300]}")
+        print(f"e2erec {args._command}: error: rank {dist.get_rank()}: a collective failed and {lost}; nothing was "
+              f"written as final. Relaunch the job. The collective said: {str(e).splitlines()[0][:300]}",
+              file=sys.stderr)
+        return RankLostError.exit_code
 
 
 if __name__ == "__main__":

@@ -156,10 +156,10 @@ def run_stage(stage: str, rung: str, work: Path, args) -> dict:
                 baselines = ["popularity"] + (["sasrec"] if row["events"] <= args.sasrec_max_events else [])
                 cfg.eval.baseline_epochs = 2
                 t0 = time.perf_counter()
-                fitted = []
+                fitted, ctx = [], FitContext.from_run(cfg)
                 for name in baselines:
                     b = build_baseline(name)
-                    b.fit(inter, split, FitContext.from_run(cfg))
+                    b.fit(inter, split, ctx)
                     fitted.append(b)
                 row["fit_seconds"] = time.perf_counter() - t0
                 sample = dataclasses.replace(split, test=users)

@@ -169,7 +169,7 @@ class Cascade:
         freq = np.bincount(inter.item[train], minlength=n_items) / max(len(train), 1)
         batch = hp.batch_size * RANKER_BATCH_FACTOR // 4
         n_neg = hp.cascade_negatives
-        cut = int(p.select_metric.partition("@")[2] or p.top_k)
+        cut = p.select_k
 
         def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, int]:
             t = train[idx]
@@ -345,7 +345,7 @@ class PluginCascade(Cascade):
         t = np.asarray(self.item_text, dtype=np.float64)
         self._text_unit = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
         self.n_candidates, self.n_semantic = hp.cascade_candidates, hp.semantic_candidates
-        cut = int(p.select_metric.partition("@")[2] or p.top_k)
+        cut = p.select_k
         grid = [(a, tau) for tau in self.TAUS for a in self.ALPHAS if a < 1.0 or tau == self.TAUS[0]]
         recs: dict[tuple[float, float], list[np.ndarray]] = {g: [] for g in grid}
         for v in target_chunks(np.asarray(valid), inter.n_items, cap=256):

@@ -95,7 +95,7 @@ class SASRec:
                              dropout=hp.sasrec_dropout)
         opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr)
         valid = split_valid_targets(split)
-        cut = int(p.select_metric.partition("@")[2] or p.top_k)
+        cut = p.select_k
 
         def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, int]:
             x, y = torch.from_numpy(inputs[idx]), torch.from_numpy(targets[idx])

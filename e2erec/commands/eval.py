@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     systems = [build_baseline(name) for name in names]  # unknown names fail here, before any data work
     inter = load_dataset(cfg.data)
     split = make_split(inter, cfg.data)
+    ctx = FitContext.from_run(cfg)
     for system in systems:
         t0 = time.perf_counter()
-        system.fit(inter, split, FitContext.from_run(cfg))
+        system.fit(inter, split, ctx)
         print(f"fitted {system.name} in {time.perf_counter() - t0:.1f}s")
     generative = []
     for export in args.export:
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
         pair, _ = GenerativeSystem.both_orders(export, inter, cfg, args.device)
         for system in pair:
-            system.fit(inter, split, FitContext.from_run(cfg))  # the joint order's weight, on validation
+            system.fit(inter, split, ctx)  # the joint order's weight, on validation
             if len(args.export) > 1:  # tell the models apart by their run folder
                 system.name = f"{system.name}:{Path(export).resolve().parent.name}"
         generative += pair

@@ -148,8 +148,9 @@ def run_once(args: argparse.Namespace, extra: list[str] = ()) -> int:
 
     _stage("generate + evaluate", start)
     systems, _ = GenerativeSystem.both_orders(export, inter, device=cfg.train.device)
+    ctx = FitContext.from_run(cfg)
     for system in systems:
-        system.fit(inter, split, FitContext.from_run(cfg))
+        system.fit(inter, split, ctx)
     report_dir = run_dir / "eval"
     evaluate_systems(systems + baselines, inter, split, cfg.eval, report_dir)
     elapsed = time.perf_counter() - start

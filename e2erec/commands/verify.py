@@ -23,13 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from e2erec.errors import IntegrityError
-    from e2erec.utils.manifest import manifest_bytes, verify_manifest
+    from e2erec.utils.manifest import verify_manifest
 
     failed = 0
     for path in args.paths:
         try:
-            verify_manifest(path, checksums=True, what="folder")
-            print(f"ok      {path} ({manifest_bytes(path) / 2**20:,.1f} MB)")
+            size = verify_manifest(path, checksums=True, what="folder")
+            print(f"ok      {path} ({size / 2**20:,.1f} MB)")
         except IntegrityError as e:
             failed += 1
             print(f"FAILED  {e}")

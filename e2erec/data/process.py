@@ -52,7 +52,7 @@ from e2erec.data.sources import resolve_source
 from e2erec.data.types import Interactions, ItemTable
 from e2erec.errors import DataError, IntegrityError
 from e2erec.utils.io import atomic_dir, atomic_write_json, cache_root, fingerprint
-from e2erec.utils.manifest import has_manifest, verify_manifest, write_manifest
+from e2erec.utils.manifest import verify_manifest, write_manifest
 
 log = logging.getLogger("e2erec.data")
 
@@ -397,8 +397,7 @@ def prepare(cfg: DataConfig, *, progress: bool = True, force: bool = False) -> P
     with _lock(final.parent / f".{final.name}.lock"):
         if (final / "meta.json").exists() and not force:
             try:
-                if has_manifest(final):  # sizes always; digests when small (`e2erec verify` checks them all)
-                    verify_manifest(final, what="dataset cache")
+                verify_manifest(final, what="dataset cache", required=False)  # digests when small (verify: all)
                 return final
             except IntegrityError as e:  # a cache: rebuilt from the source it was built from
                 _say(f"warning: {e}; rebuilding it", True)

@@ -28,6 +28,11 @@ class EvalConfig:
     select_metric: str = "ndcg@10"  # validation metric for early stopping of retrieval-type baselines
     seed: int = 0
 
+    @property
+    def select_k(self) -> int:
+        """The list length `select_metric` reads: its @k, else the whole list (`top_k`)."""
+        return int(self.select_metric.partition("@")[2] or self.top_k)
+
     def validate(self) -> None:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive cutoffs, got {self.ks}")

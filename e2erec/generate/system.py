@@ -110,7 +110,7 @@ class GenerativeSystem:
         valid = split_valid_targets(split)
         protocol = ctx.protocol if ctx is not None else self.cfg.eval
         metric = protocol.select_metric
-        k = int(metric.partition("@")[2] or protocol.top_k)
+        k = protocol.select_k
         items, log_gen, probs = self._search(inter, target_users(inter, valid), valid, max(k, protocol.top_k))
         scores = {}
         for w in JOINT_WEIGHTS:

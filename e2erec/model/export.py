@@ -28,7 +28,7 @@ import yaml
 from e2erec.config import RunConfig, from_dict, upgrade_saved
 from e2erec.errors import ArtifactMismatchError
 from e2erec.model.model import GenerativeRecommender
-from e2erec.utils.manifest import has_manifest, verify_manifest
+from e2erec.utils.manifest import verify_manifest
 
 FORMAT_VERSION = 1
 SEMANTIC_IDS_DIR = "semantic_ids"
@@ -61,8 +61,7 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     """(model in eval mode, run config) from an export folder; reads safetensors only (no pickle, no DeepSpeed)."""
     path = Path(path)
     meta = export_meta(path)
-    if has_manifest(path):  # sizes always; digests up to SMALL_BYTES (`e2erec verify` checks every digest)
-        verify_manifest(path, what="export")
+    verify_manifest(path, what="export", required=False)  # sizes; digests up to SMALL_BYTES (`e2erec verify`: all)
     if meta.get("format") != FORMAT_VERSION:
         raise ArtifactMismatchError(f"{path}/meta.json: export format {meta.get('format')}, expected {FORMAT_VERSION}")
     saved = upgrade_saved(yaml.safe_load((path / "config.yaml").read_text()))

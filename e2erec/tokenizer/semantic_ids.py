@@ -28,7 +28,7 @@ from e2erec.tokenizer.embed import data_fingerprint, embed_items
 from e2erec.tokenizer.quantize import Quantized, quantize
 from e2erec.tokenizer.trie import PrefixTrie
 from e2erec.utils.io import atomic_dir, atomic_write_json, fingerprint, to_dict
-from e2erec.utils.manifest import has_manifest, verify_manifest, write_manifest
+from e2erec.utils.manifest import verify_manifest, write_manifest
 
 VERSION = 1
 
@@ -78,8 +78,8 @@ class SemanticIDs:
         if not meta_file.exists() or not codes_file.exists():
             raise ArtifactMismatchError(f"{directory}: not a semantic-ID artifact (meta.json / codes.safetensors "
                                         "missing); build one with `e2erec tokenize`")
-        if has_manifest(directory):  # a few MB: digests checked (an export's copy is covered by the export's own)
-            verify_manifest(directory, what="semantic-ID artifact")
+        # A few MB: digests checked. An export's copy has no manifest of its own; the export's covers it.
+        verify_manifest(directory, what="semantic-ID artifact", required=False)
         try:
             meta = json.loads(meta_file.read_text())
         except json.JSONDecodeError as e:

@@ -42,7 +42,7 @@ import torch
 from e2erec.errors import ArtifactMismatchError, CheckpointWriteError, DataError
 from e2erec.train import distributed as D
 from e2erec.utils.io import atomic_write_json
-from e2erec.utils.manifest import has_manifest, verify_manifest, write_manifest
+from e2erec.utils.manifest import verify_manifest, write_manifest
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -93,8 +93,7 @@ def verify_checkpoint(path: Path, *, checksums: bool | None = None) -> None:
             json.loads((path / name).read_text())
         except (OSError, ValueError) as e:
             raise DataError(f"checkpoint {path}: {name} is unreadable ({e})") from None
-    if has_manifest(path):
-        verify_manifest(path, checksums=checksums, what="checkpoint")
+    verify_manifest(path, checksums=checksums, what="checkpoint", required=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -244,13 +243,17 @@ def _ensure_space(root: Path, keep_last: int, min_free_gb: float) -> None:
         )
 
 
+def _free_bytes(root: Path) -> int:
+    return shutil.disk_usage(root if root.exists() else root.parent).free
+
+
 def _describe(error: BaseException, root: Path) -> str:
     """What failed, with the free space at that moment: torch.save reports a full disk as a RuntimeError about
     stream positions, without an errno."""
     if isinstance(error, CheckpointWriteError):
         return str(error)
     where = f" writing {error.filename}" if isinstance(error, OSError) and error.filename else ""
-    free = shutil.disk_usage(root if root.exists() else root.parent).free
+    free = _free_bytes(root)
     return (f"{type(error).__name__}{where}: {getattr(error, 'strerror', None) or error} "
             f"({free / 2**20:,.1f} MB were free when it failed)")
 
@@ -259,7 +262,7 @@ def _write_failed(final: Path, root: Path, error: str | None) -> CheckpointWrite
     """The one-paragraph report of a failed checkpoint write (for every rank: `error` is None where another failed)."""
     done = list_checkpoints(root)
     last = done[-1] if done else None
-    free = shutil.disk_usage(root if root.exists() else root.parent).free
+    free = _free_bytes(root)
     what = error or "another rank's part of the write failed (its own message says why)"
     need = f"about {_folder_bytes(last) / 2**20:,.1f} MB (the size of the last one)" if last else "an unknown size"
     return CheckpointWriteError(

@@ -170,16 +170,19 @@ def is_comm_failure(error: BaseException) -> bool:
         "gloo/transport", "Connection reset by peer", "Connection closed by peer", "NCCL", "Timed out", "timed out"))
 
 
-def missing_ranks(info: DistInfo, wait_s: float = ALIVE_WAIT_S) -> str:
-    """After a failed collective: which ranks are gone, by a roll call through the rendezvous store (a TCP server on
-    rank 0, independent of the broken collective's connections). A rank that does not answer within `wait_s` was
-    killed, crashed or is stuck."""
+def lost_ranks(error: BaseException, wait_s: float = ALIVE_WAIT_S) -> str | None:
+    """After `error` in a process group of several ranks: None unless a collective failed (`is_comm_failure`); else
+    which ranks are gone, by a roll call through the rendezvous store (a TCP server on rank 0, independent of the
+    broken collective's connections). A rank that does not answer within `wait_s` was killed, crashed or is stuck."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1 and is_comm_failure(error)):
+        return None
+    rank, world_size = dist.get_rank(), dist.get_world_size()
     try:
         store = dist.distributed_c10d._get_default_store()  # no public accessor; any failure only loses the names
-        store.set(f"e2erec/alive/{info.rank}", "1")
+        store.set(f"e2erec/alive/{rank}", "1")
         deadline = time.time() + wait_s
         while True:
-            gone = [r for r in range(info.world_size) if not store.check([f"e2erec/alive/{r}"])]
+            gone = [r for r in range(world_size) if not store.check([f"e2erec/alive/{r}"])]
             if not gone or time.time() >= deadline:
                 break
             time.sleep(0.1)
@@ -187,5 +190,5 @@ def missing_ranks(info: DistInfo, wait_s: float = ALIVE_WAIT_S) -> str:
         return "rank 0 is gone (its rendezvous store no longer answers)"
     if not gone:
         return "every rank still answers the roll call, so one is stuck in another collective"
-    return f"rank{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone))} of {info.world_size} " \
+    return f"rank{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone))} of {world_size} " \
            f"{'are' if len(gone) > 1 else 'is'} gone (killed, crashed or stuck)"

@@ -493,7 +493,7 @@ class Trainer:
             self._write_final(status, final_eval)
             return EXIT_PREEMPTED if status == "preempted" else 0
         except BaseException as e:
-            lost = D.missing_ranks(info) if info.world_size > 1 and D.is_comm_failure(e) else None
+            lost = D.lost_ranks(e)
             try:
                 self._write_final("failed", self.last_eval, error=f"{type(e).__name__}: {e}")
             except OSError as unwritten:  # e.g. the disk that failed the checkpoint: the first error is the news

@@ -36,18 +36,6 @@ def write_manifest(folder: str | Path, *, exclude: tuple[str, ...] = ()) -> dict
     return manifest
 
 
-def has_manifest(folder: str | Path) -> bool:
-    return (Path(folder) / MANIFEST).is_file()
-
-
-def manifest_bytes(folder: str | Path) -> int:
-    """Total size of the files the manifest records (0 without one)."""
-    try:
-        return sum(int(f["size"]) for f in _read(Path(folder))["files"].values())
-    except IntegrityError:
-        return 0
-
-
 def _read(folder: Path) -> dict:
     path = folder / MANIFEST
     try:
@@ -62,10 +50,14 @@ def _read(folder: Path) -> dict:
         raise IntegrityError(f"{path}: unreadable manifest ({e})") from None
 
 
-def verify_manifest(folder: str | Path, *, checksums: bool | None = None, what: str = "artifact") -> None:
+def verify_manifest(folder: str | Path, *, checksums: bool | None = None, what: str = "artifact",
+                    required: bool = True) -> int:
     """Raise IntegrityError naming every file that is missing, of the wrong size or (with `checksums`) of the wrong
-    content. `checksums=None`: digests are checked when the folder holds at most SMALL_BYTES."""
+    content; returns the bytes the manifest records. `checksums=None`: digests are checked when the folder holds at
+    most SMALL_BYTES. `required=False`: a folder written before manifests existed passes (0 bytes vouched for)."""
     folder = Path(folder)
+    if not required and not (folder / MANIFEST).is_file():
+        return 0
     files = _read(folder)["files"]
     problems = []
     for rel, want in files.items():
@@ -76,11 +68,13 @@ def verify_manifest(folder: str | Path, *, checksums: bool | None = None, what: 
         size = path.stat().st_size
         if size != want["size"]:
             problems.append(f"{rel} is {size:,} bytes, the manifest says {want['size']:,} (cut short or overwritten)")
+    total = sum(int(f["size"]) for f in files.values())
     if checksums is None:
-        checksums = sum(int(f["size"]) for f in files.values()) <= SMALL_BYTES
+        checksums = total <= SMALL_BYTES
     if checksums and not problems:
         problems += [f"{rel} has SHA-256 {digest[:12]}..., the manifest says {want['sha256'][:12]}... (corrupted)"
                      for rel, want in files.items() if (digest := file_digest(folder / rel)) != want["sha256"]]
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
         raise IntegrityError(f"{what} {folder} failed verification: {shown}")
+    return total
