@@ -1,7 +1,7 @@
 """Trie-constrained, steerable beam search over semantic IDs, generic over the model.
 
-The model is a `step_fn(level, prefix_codes [B, beams, level], state) -> log-probs [B, beams, K_level]`; the search
-keeps `beam_size` prefixes per user, extends each by every code the trie allows, and keeps the best. Only real items
+The model is a `step_fn(level, prefix_codes [B, beams, level], state) -> log-probs [B, beams, K_level]` (on a compact
+trie level, optionally the logits of `state.pairs` only: see `BeamState`); the search keeps `beam_size` prefixes per user, extends each by every code the trie allows, and keeps the best. Only real items
 come out, because a code is allowed only where the trie has a child. Each level's log-probabilities are renormalised
 over the allowed codes, so log P(item codes) is the item's log-probability among real items (what the generative
 loss trains, `e2erec.model.model`).
@@ -37,11 +37,14 @@ class BeamState:
     parent: long [B, beams], the beam (at the previous level) each current beam extends; None at level 0.
     alive:  bool [B, beams], False for padding beams (their log-probs are ignored).
     group:  long [beams], 0 = main beams, 1 = exploration beams.
+    pairs:  on a compact trie level, (row, beam, code) long [P] each: the only codes the search will read. A step_fn
+            may return their logits [P] (normalised or not: the search renormalises over them) instead of [B, beams, K].
     """
 
     parent: torch.Tensor | None
     alive: torch.Tensor
     group: torch.Tensor
+    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -115,11 +118,15 @@ class NodeValues:
     User-independent steering gives `static` [G, n_nodes(depth)], shared by every user. Excluding a user's seen items
     changes only the ancestors of those items, so each depth also holds sparse per-user overrides: sorted keys
     `user * n_nodes(depth) + node` [P] with their values [G, P], P <= users x history. Nothing is [users, n_items],
-    and a user costs O(history x levels x codebook) whatever the catalogue's size."""
+    and a user costs O(history x levels) whatever the catalogue's size or the number of children a node has.
 
-    def __init__(self, trie: PrefixTrie, static: list[torch.Tensor]):
+    `ranked` caches, per depth, each parent's children ordered by static value (best first), built on first use;
+    pass the same dict to every search with these static values (`static_node_values` memoises it)."""
+
+    def __init__(self, trie: PrefixTrie, static: list[torch.Tensor], ranked: dict | None = None):
         self.trie = trie
         self.static = static
+        self.ranked = {} if ranked is None else ranked
         self.keys: list[torch.Tensor | None] = [None] * trie.n_levels
         self.override: list[torch.Tensor | None] = [None] * trie.n_levels
 
@@ -133,23 +140,66 @@ class NodeValues:
         pos = torch.searchsorted(keys, query.contiguous()).clamp_max(keys.numel() - 1)
         return torch.where(keys[pos] == query, self.override[depth - 1][group, pos], value)
 
+    def of_children(self, depth: int, group: torch.Tensor, node: torch.Tensor, child: torch.Tensor) -> torch.Tensor:
+        """Values [B, beams, K] of every child `child` (long [B, beams, K], the depth-`depth` children of each beam's
+        `node` [B, beams], -1 = dead beam; any value where there is no child) for beam groups `group` [beams]. The
+        static values are read densely; the overrides of user b are read per beam, as the run of keys inside its
+        node's children block (two binary searches per beam, not one per child)."""
+        value = self.static[depth - 1][group[None, :, None], child.clamp_min(0)]
+        keys = self.keys[depth - 1]
+        if keys is None or keys.numel() == 0:
+            return value
+        _, code, start, count = self.trie.child_blocks(depth)
+        n = self.trie.n_nodes(depth)
+        row, beam = (node >= 0).nonzero(as_tuple=True)
+        first = row * n + start[node[row, beam]]
+        lo = torch.searchsorted(keys, first)
+        hits = torch.searchsorted(keys, first + count[node[row, beam]]) - lo
+        which = torch.repeat_interleave(torch.arange(row.numel(), device=keys.device), hits)
+        at = lo[which] + torch.arange(which.numel(), device=keys.device) - (torch.cumsum(hits, 0) - hits)[which]
+        value[row[which], beam[which], code[keys[at] % n]] = self.override[depth - 1][group[beam[which]], at]
+        return value
+
+    def _ranked(self, depth: int) -> torch.Tensor:
+        """long [G, n_nodes(depth)]: position start[p] + r holds parent p's r-th best child by static value (a parent's
+        children are a consecutive block, so sorting by (parent, -value) keeps every block in place)."""
+        if depth not in self.ranked:
+            parent = self.trie.child_blocks(depth)[0]
+            rows = []
+            for value in self.static[depth - 1]:
+                order = torch.argsort(-value, stable=True)  # best first; -inf last
+                rows.append(order[torch.argsort(parent[order], stable=True)])
+            self.ranked[depth] = torch.stack(rows)
+        return self.ranked[depth]
+
     def exclude(self, users: torch.Tensor, items: torch.Tensor) -> NodeValues:
         """Make each (user, item) pair's item unreachable for that user: its leaf gets -inf, and every ancestor the
-        max over its children, bottom-up (exact: the same values as masking a dense [users, n_items] table)."""
+        max over its children, bottom-up (exact: the same values as masking a dense [users, n_items] table).
+
+        A node with o overridden children takes the max of their overrides and of its best child that has no
+        override, which is among its o + 1 best children by static value: O(o + 1) work, never O(children)."""
         trie, n_groups = self.trie, self.static[0].shape[0]
         users, items = users.long(), items.long()
         for depth in range(trie.n_levels, 0, -1):
             n = trie.n_nodes(depth)
             keys = torch.unique(users * n + trie.item_node[depth][items])  # sorted
-            if depth == trie.n_levels:
-                values = torch.full((n_groups, keys.numel()), NEG_INF, device=keys.device)
-            else:
-                child = trie.children[depth][keys % n].long()  # (P, K): the node's children, -1 where none
-                at = (child >= 0).nonzero(as_tuple=True)  # the real children only: (G, P, K) would be mostly -inf
-                sub = self.lookup(depth + 1, torch.arange(n_groups, device=keys.device)[:, None],
-                                  (keys // n)[at[0]][None], child[at][None])  # (G, children)
-                values = torch.full((n_groups, keys.numel()), NEG_INF, device=keys.device)
-                values.scatter_reduce_(1, at[0].expand(n_groups, -1), sub, reduce="amax")
+            values = torch.full((n_groups, keys.numel()), NEG_INF, device=keys.device)
+            if depth < trie.n_levels:
+                n_below = trie.n_nodes(depth + 1)
+                below, below_value = self.keys[depth], self.override[depth]  # the overridden children, sorted
+                parent, _, start, count = trie.child_blocks(depth + 1)
+                at = torch.searchsorted(keys, (below // n_below) * n + parent[below % n_below])  # its key's index
+                values.scatter_reduce_(1, at.expand(n_groups, -1), below_value, reduce="amax")
+                user, node = keys // n, keys % n
+                tries = torch.minimum(torch.bincount(at, minlength=keys.numel()) + 1, count[node])
+                key = torch.repeat_interleave(torch.arange(keys.numel(), device=keys.device), tries)
+                rank = torch.arange(key.numel(), device=keys.device) - (torch.cumsum(tries, 0) - tries)[key]
+                for g, ranked in enumerate(self._ranked(depth + 1)):
+                    child = ranked[start[node[key]] + rank]
+                    query = user[key] * n_below + child
+                    pos = torch.searchsorted(below, query).clamp_max(below.numel() - 1)
+                    free = torch.where(below[pos] == query, NEG_INF, self.static[depth][g, child])
+                    values[g].scatter_reduce_(0, key, free, reduce="amax")
             self.keys[depth - 1], self.override[depth - 1] = keys, values
         return self
 
@@ -170,9 +220,10 @@ def _seen_pairs(seen, batch_size: int, device) -> tuple[torch.Tensor, torch.Tens
 
 
 def static_node_values(trie: PrefixTrie, steering: SteeringConfig | None, info: ItemInfo | None,
-                       explore: bool) -> list[torch.Tensor]:
-    """The user-independent part of the heuristic, per depth [G, n_nodes] (G = 2 with an exploration group),
-    memoised on the trie: a generation run computes it once, not per batch of users."""
+                       explore: bool) -> NodeValues:
+    """The user-independent part of the heuristic (per depth [G, n_nodes], G = 2 with an exploration group, and
+    its ranked children), memoised on the trie: a generation run computes it once, not per batch of users. Each
+    search takes a fresh `NodeValues` over it (`NodeValues(trie, shared.static, shared.ranked)`)."""
     key = (None if steering is None else
            (tuple(steering.include_categories), tuple(sorted(steering.boost_categories.items())),
             steering.freshness_weight, explore), id(info))
@@ -181,10 +232,9 @@ def static_node_values(trie: PrefixTrie, steering: SteeringConfig | None, info: 
         return memo[key][1]
     static = item_values(steering, info, trie.leaf_item.numel()).to(trie.device)
     groups = [static] + ([static.masked_fill(~info.long_tail.to(trie.device), NEG_INF)] if explore else [])
-    values = node_values(trie, torch.stack(groups))
     memo.clear()  # one steering at a time: keep memory bounded
-    memo[key] = (info, values)
-    return values
+    memo[key] = (info, NodeValues(trie, node_values(trie, torch.stack(groups))))
+    return memo[key][1]
 
 
 @torch.no_grad()
@@ -208,7 +258,8 @@ def constrained_beam_search(
     explore = math.ceil(steering.explore_share * top_k) if steering is not None and steering.explore_share > 0 else 0
 
     # The heuristic: user-independent node values (memoised on the trie), plus each user's seen items, sparsely.
-    values = NodeValues(trie, static_node_values(trie, steering, item_info, explore > 0))
+    shared = static_node_values(trie, steering, item_info, explore > 0)
+    values = NodeValues(trie, shared.static, shared.ranked)
     if steering is not None and steering.exclude_seen and seen is None:
         raise ValueError("steering.exclude_seen is set but no `seen` items were given (pass seen=, or set "
                          "generate.steering.exclude_seen=false)")
@@ -224,38 +275,82 @@ def constrained_beam_search(
     parent = None
     rows = torch.arange(batch_size, device=device)[:, None]
     for level in range(trie.n_levels):
-        alive = score > NEG_INF
-        logp = step_fn(level, prefix, BeamState(parent, alive, group))  # (B, beams, K)
-        k = logp.shape[-1]
-        valid, child = trie.step(level, torch.where(alive, node, torch.full_like(node, -1)))  # (B, beams, K)
-        # Renormalise over the codes the trie allows (the masked softmax the generative loss trains), so an item's
-        # score is its log-probability among real items whatever mass the model leaves on invalid codes.
-        logp = logp.float().masked_fill(~valid, NEG_INF)
-        norm = logp.logsumexp(-1, keepdim=True)
-        logp = torch.where(valid, logp - norm, logp)
-        # Heuristic: the best value still reachable below each child node, looked up for the valid children only
-        # (a level of many codes, such as a large disambiguation level, has few valid ones per beam).
-        cum = score[..., None] + logp  # (B, beams, K)
-        at = valid.nonzero(as_tuple=True)
-        rank = torch.full_like(cum, NEG_INF)
-        rank[at] = cum[at] + values.lookup(level + 1, group[at[1]], at[0], child[at])
-        # Select per group: (B, G, beam_size * K) -> top beam_size.
-        rank_g = rank.view(batch_size, n_groups, beam_size * k)
-        top_rank, top_idx = rank_g.topk(beam_size, dim=-1)  # (B, G, beam_size)
-        src_beam = top_idx // k + (torch.arange(n_groups, device=device) * beam_size)[None, :, None]
-        src_beam = src_beam.view(batch_size, beams)
-        code = (top_idx % k).view(batch_size, beams)
-        keep = top_rank.view(batch_size, beams) > NEG_INF
-        score = torch.where(keep, cum.view(batch_size, beams * k).gather(1, src_beam * k + code),
-                            torch.full_like(score, NEG_INF))
-        node = torch.where(keep, child.view(batch_size, beams * k).gather(1, src_beam * k + code),
-                           torch.full_like(node, -1))
+        expand = _expand_sparse if trie.is_compact(level) else _expand_dense
+        top_rank, src_beam, code, new_score, new_node = expand(
+            step_fn, trie, values, level, prefix, BeamState(parent, score > NEG_INF, group), score, node, beam_size)
+        keep = top_rank > NEG_INF
+        score = torch.where(keep, new_score, torch.full_like(score, NEG_INF))
+        node = torch.where(keep, new_node, torch.full_like(node, -1))
         prefix = torch.cat([prefix.gather(1, src_beam[..., None].expand(-1, -1, level)), code[..., None]], -1)
         parent = src_beam
     items = trie.items_of_leaves(node)  # (B, beams)
     final = score + values.lookup(trie.n_levels, group[None, :], rows, node.clamp_min(0))
     final = torch.where(items >= 0, final, torch.full_like(final, NEG_INF))
     return _merge(items, final, group, top_k, explore)
+
+
+def _renormalise(logp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """log-probs over the codes the trie allows (the masked softmax the generative loss trains), so an item's score
+    is its log-probability among real items whatever mass the model leaves on invalid codes."""
+    logp = logp.float().masked_fill(~valid, NEG_INF)
+    return torch.where(valid, logp - logp.logsumexp(-1, keepdim=True), logp)
+
+
+def _expand_dense(step_fn, trie: PrefixTrie, values: NodeValues, level: int, prefix: torch.Tensor, state: BeamState,
+                  score: torch.Tensor, node: torch.Tensor, beam_size: int):
+    """One level over a dense child table: every beam x every code (K is a codebook's size), the best `beam_size`
+    per group. Returns (rank, source beam, code, score, child node), each [B, beams], rank -inf where nothing."""
+    batch_size, beams = score.shape
+    n_groups = beams // beam_size
+    logp = step_fn(level, prefix, state)  # (B, beams, K)
+    k = logp.shape[-1]
+    valid, child = trie.step(level, torch.where(state.alive, node, torch.full_like(node, -1)))  # (B, beams, K)
+    cum = score[..., None] + _renormalise(logp, valid)  # (B, beams, K), -inf where no child
+    # The heuristic: the best value still reachable below each child.
+    rank = cum + values.of_children(level + 1, state.group, torch.where(state.alive, node, -1), child)
+    top_rank, top_idx = rank.view(batch_size, n_groups, beam_size * k).topk(beam_size, dim=-1)  # (B, G, beam_size)
+    src_beam = (top_idx // k + (torch.arange(n_groups, device=score.device) * beam_size)[None, :, None])
+    src_beam = src_beam.view(batch_size, beams)
+    code = (top_idx % k).view(batch_size, beams)
+    flat = src_beam * k + code
+    return (top_rank.view(batch_size, beams), src_beam, code, cum.view(batch_size, -1).gather(1, flat),
+            child.view(batch_size, -1).gather(1, flat))
+
+
+def _expand_sparse(step_fn, trie: PrefixTrie, values: NodeValues, level: int, prefix: torch.Tensor,
+                   state: BeamState, score: torch.Tensor, node: torch.Tensor, beam_size: int):
+    """`_expand_dense` over a compact level (the disambiguation level, whose K is the largest group of items sharing
+    a prefix, 1,535 at 1M synthetic items, while a node has one or two children on average): only each live beam's
+    real children are scored, renormalised and ranked, so the cost follows the children, not K. The model is asked
+    for the logits of those (row, beam, code) triples only (`BeamState.pairs`); a model that ignores them and
+    returns dense [B, beams, K] log-probs is read at the triples."""
+    batch_size, beams = score.shape
+    n_groups = beams // beam_size
+    device = score.device
+    live_row, live_beam = state.alive.nonzero(as_tuple=True)  # row-major: by user, then beam (so by group)
+    seg, code, child = trie.real_children(level, node[live_row, live_beam])  # seg: the live beam of each pair
+    row, beam = live_row[seg], live_beam[seg]
+    logit = step_fn(level, prefix, BeamState(state.parent, state.alive, state.group, pairs=(row, beam, code)))
+    logit = (logit[row, beam, code] if logit.dim() == 3 else logit).float()
+    # Renormalise per live beam over its real children: a segment log-sum-exp.
+    top = torch.full((live_row.numel(),), NEG_INF, device=device).scatter_reduce_(0, seg, logit, reduce="amax")
+    mass = torch.zeros(live_row.numel(), device=device).index_add_(0, seg, (logit - top[seg]).exp())
+    cum = score[row, beam] + logit - (top + mass.log())[seg]
+    rank = cum + values.lookup(level + 1, state.group[beam], row, child)
+    # The best beam_size pairs per (user, group): pairs are sorted by it, so lay each one's out in a padded row.
+    bucket = row * n_groups + state.group[beam]
+    count = torch.bincount(bucket, minlength=batch_size * n_groups)
+    first = torch.cumsum(count, 0) - count
+    width = max(int(count.max()) if count.numel() else 0, beam_size)
+    padded = torch.full((batch_size * n_groups, width), NEG_INF, device=device)
+    padded[bucket, torch.arange(bucket.numel(), device=device) - first[bucket]] = rank
+    top_rank, top_pos = padded.topk(beam_size, dim=-1)  # (B * G, beam_size)
+    if bucket.numel() == 0:  # no live beam anywhere: every slot stays dead
+        zeros = torch.zeros_like(node)
+        return top_rank.view(batch_size, beams), zeros, zeros, score, node
+    # A slot past its bucket's pairs is dead (rank -inf); clamped, it reads some real pair that `keep` discards.
+    pair = (first[:, None] + top_pos).clamp_max(bucket.numel() - 1).view(batch_size, beams)
+    return top_rank.view(batch_size, beams), beam[pair], code[pair], cum[pair], child[pair]
 
 
 def _merge(items: torch.Tensor, score: torch.Tensor, group: torch.Tensor, top_k: int, explore: int):

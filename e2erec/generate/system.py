@@ -177,7 +177,7 @@ class GenerativeSystem:
                 items, scores = constrained_beam_search(
                     # The model recomputes each step from the code prefix, so the beam reordering needs no cache
                     # update.
-                    lambda level, prefix, beam_state, step=step: step(level, prefix),
+                    lambda level, prefix, beam_state, step=step: step(level, prefix, pairs=beam_state.pairs),
                     self.trie, len(u), beam, k, steering=steering, item_info=info, seen=(seen_offsets, seen_items),
                 )
                 rows = slice(start - lo, start - lo + len(u))

@@ -439,25 +439,34 @@ class GenerativeRecommender(nn.Module):
         return HistoryState(hidden=self.encode(batch)[batch.last_index])
 
     @torch.no_grad()
-    def next_code_logprobs(self, state: HistoryState, prefix: torch.Tensor) -> torch.Tensor:
+    def next_code_logprobs(self, state: HistoryState, prefix: torch.Tensor, pairs=None) -> torch.Tensor:
         """log p(c_{level} | history, prefix): prefix (B, beams, level) of codes -> (B, beams, K_level), level =
-        prefix.shape[-1] (0-based index of the code being chosen). Runs only the small decoder head."""
+        prefix.shape[-1] (0-based index of the code being chosen). Runs only the small decoder head.
+
+        With ``pairs`` = (row, beam, code) long [P] each, returns only those codes' logits [P], unnormalised (the
+        beam search renormalises over them): P dot products instead of a [B, beams, K] head, for a level whose K is
+        far larger than the children a beam can have."""
         B, beams, level = prefix.shape
         if level >= len(self.codebook_sizes):
             raise ValueError(f"prefix has {level} codes but items have only {len(self.codebook_sizes)} levels")
         z = state.hidden[:, None, :].expand(B, beams, -1)  # (B, beams, d)
         for step in range(level):
             z = self._decoder_step(z, step, prefix[..., step])
-        return torch.log_softmax(self._code_logits(z, level).float(), dim=-1)
+        if pairs is None:
+            return torch.log_softmax(self._code_logits(z, level).float(), dim=-1)
+        row, beam, code = (t.to(z.device) for t in pairs)
+        weight = (self.code_emb if self.code_out is None else self.code_out)[level].weight  # (K, d), as _code_logits
+        u = self.level_norm[level](z)  # per beam, before the gather: P can be many times B x beams
+        return (u[row, beam] * weight[code]).sum(-1)
 
     def make_step_fn(self, histories, codes: torch.Tensor) -> tuple[StepFn, HistoryState]:
         """(step_fn, state) for beam search: ``step_fn(level, prefix [B, beams, level], state) -> log-probs
         [B, beams, K_level]``. Histories are encoded once here; each step runs only the decoder head."""
         state = self.encode_histories(histories, codes)
 
-        def step_fn(level: int, prefix: torch.Tensor, state: HistoryState = state) -> torch.Tensor:
+        def step_fn(level: int, prefix: torch.Tensor, state: HistoryState = state, pairs=None) -> torch.Tensor:
             if prefix.shape[-1] != level:
                 raise ValueError(f"step {level} got a prefix of {prefix.shape[-1]} codes")
-            return self.next_code_logprobs(state, prefix.to(state.hidden.device))
+            return self.next_code_logprobs(state, prefix.to(state.hidden.device), pairs)
 
         return step_fn, state

@@ -43,6 +43,13 @@ class CompactLevel:
         ok = codes < self.count[index].unsqueeze(-1)
         return torch.where(ok, self.start[index].unsqueeze(-1) + codes, -1).int()
 
+    def real_children(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row into `nodes`, code, child id) long of every real child of `nodes` (long [n], >= 0), row-major."""
+        count = self.count[nodes].long()
+        row = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), count)
+        code = torch.arange(row.numel(), device=nodes.device) - (torch.cumsum(count, 0) - count)[row]
+        return row, code, self.start[nodes].long()[row] + code
+
     def tolist(self) -> list[list[int]]:
         return self[torch.arange(self.start.numel(), device=self.start.device)].tolist()
 
@@ -63,6 +70,7 @@ class PrefixTrie:
         # Values derived per node and reused by every search over this trie (e2erec.generate.beam memoises its
         # user-independent steering values here).
         self.memo: dict = {}
+        self._blocks: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def build(cls, codes: torch.Tensor, codebook_sizes: list[int]) -> PrefixTrie:
@@ -122,6 +130,42 @@ class PrefixTrie:
         child = table[nodes.clamp_min(0)].long()  # (..., K)
         child = torch.where((nodes >= 0).unsqueeze(-1), child, torch.full_like(child, -1))
         return child >= 0, child
+
+    def child_blocks(self, depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For depth-`depth` nodes (1..n_levels): (parent, code: the code that reaches each from its parent, long
+        [n_nodes(depth)]; and per depth-(depth-1) node its first child and child count, long). A node's children
+        are consecutive ids (lexicographic numbering), so a parent's children are the block start .. start + count
+        - 1. Cached: O(n_nodes) once per trie (a dense level's table is read once)."""
+        if depth not in self._blocks:
+            n = self.n_nodes(depth)
+            parent = torch.empty(n, dtype=torch.long, device=self.device)
+            parent[self.item_node[depth]] = self.item_node[depth - 1]
+            count = torch.bincount(parent, minlength=self.n_nodes(depth - 1))
+            start = torch.cumsum(count, 0) - count
+            table = self.children[depth - 1]
+            if isinstance(table, CompactLevel):
+                code = torch.arange(n, device=self.device) - start[parent]
+            else:
+                flat = (table.view(-1) >= 0).nonzero().squeeze(1)
+                code = torch.empty(n, dtype=torch.long, device=self.device)
+                code[table.view(-1)[flat].long()] = flat % table.shape[1]
+            self._blocks[depth] = (parent, code, start, count)
+        return self._blocks[depth]
+
+    def is_compact(self, level: int) -> bool:
+        """Whether level `level`'s children are a `CompactLevel` (its K says nothing about the children per node:
+        beam search expands it sparsely)."""
+        return isinstance(self.children[level], CompactLevel)
+
+    def real_children(self, level: int, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row into `nodes`, code, child id) long of every real child of depth-`level` nodes (long [n], >= 0),
+        row-major (by row, then code): O(children) on a compact level, O(n x K) on a dense one."""
+        table = self.children[level]
+        if isinstance(table, CompactLevel):
+            return table.real_children(nodes)
+        child = table[nodes].long()
+        row, code = (child >= 0).nonzero(as_tuple=True)
+        return row, code, child[row, code]
 
     def items_of_leaves(self, leaves: torch.Tensor) -> torch.Tensor:
         """Leaf node ids (-1 allowed) -> item ids (-1 for -1)."""

@@ -223,7 +223,8 @@ class RecTask:
             exact = torch.stack([lg.argmax(-1) == tgt[:, i] for i, lg in enumerate(logits)]).all(0)
             state = HistoryState(hidden=hl)
             top, _ = constrained_beam_search(  # (B, RECALL_K) real items only, via the semantic-ID trie
-                lambda level, prefix, beams, state=state: model.next_code_logprobs(state, prefix), self.trie.to(device),
+                lambda level, prefix, beams, state=state: model.next_code_logprobs(state, prefix, beams.pairs),
+                self.trie.to(device),
                 len(chunk), RECALL_K, RECALL_K)
             hit = (top == torch.as_tensor(np.asarray(self.inter.item)[chunk], device=device)[:, None]).any(-1)
             calib_logit = model.calibration_logits(h, batch).float()  # (B,): one target per sequence

@@ -283,3 +283,52 @@ def test_sparse_exclude_seen_on_ml100k_histories_is_exact_and_never_emits_a_seen
     assert (items >= 0).all() and torch.isfinite(scores).all()  # the list stays full
     seen = set(zip(rows.tolist(), hist.tolist()))
     assert not any((b, int(i)) in seen for b in range(len(targets)) for i in items[b])
+
+
+def _dense_copy(trie: PrefixTrie) -> PrefixTrie:
+    """The same trie with every compact level held as its dense [n_nodes, K] table (what forces the dense path)."""
+    children = [c if isinstance(c, torch.Tensor) else c[torch.arange(c.shape[0])] for c in trie.children]
+    return PrefixTrie(children, trie.leaf_item, trie.item_node, trie.codebook_sizes)
+
+
+@pytest.mark.parametrize("pair_logits", [False, True])
+def test_compact_level_expands_sparsely_with_the_dense_result(pair_logits):
+    """A disambiguation level of skewed collision groups (K = the largest group, most nodes with one or two
+    children) is expanded over real children only; with exclusion and an exploration group, the items and scores
+    equal the dense expansion, whether the step returns [B, beams, K] log-probs or the logits of `state.pairs`."""
+    g = torch.Generator().manual_seed(11)
+    coarse = torch.randint(6, (400, 2), generator=g)
+    coarse[:120] = 0  # one crowded prefix: a K of ~120 codes, most beams see only a few children
+    codes, size = disambiguate(coarse)
+    sizes = [6, 6, size]
+    trie = PrefixTrie.build(codes, sizes)
+    assert trie.is_compact(2) and not _dense_copy(trie).is_compact(2)
+    batch = 3
+    tables = [torch.randn(batch, 6, generator=g), torch.randn(batch, 6, 6, generator=g),
+              torch.randn(batch, 36, size, generator=g)]
+    seen_pairs = []
+
+    def step(level, prefix, state):
+        b = torch.arange(batch)[:, None]
+        idx = torch.zeros(prefix.shape[:2], dtype=torch.long)
+        for j in range(level):
+            idx = idx * 6 + prefix[..., j]
+        logits = tables[0][:, None].expand(-1, prefix.shape[1], -1) if level == 0 else tables[level][b, idx]
+        if state.pairs is not None:
+            seen_pairs.append(level)
+            if pair_logits:  # unnormalised logits at the asked codes only
+                row, beam, code = state.pairs
+                return logits[row, beam, code] + 3.0
+        return logits.log_softmax(-1)
+
+    info = info_for(400, seed=11)
+    steering = SteeringConfig(exclude_seen=True, explore_share=0.25)
+    seen = [list(range(0, 400, 7)), list(range(5)), []]
+    got = constrained_beam_search(step, trie, batch, beam_size=8, top_k=8, steering=steering, item_info=info,
+                                  seen=seen)
+    assert 2 in seen_pairs
+    want = constrained_beam_search(step, _dense_copy(trie), batch, beam_size=8, top_k=8, steering=steering,
+                                   item_info=info, seen=seen)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    assert (got[0] >= 0).all() and not set(got[0][0].tolist()) & set(seen[0])

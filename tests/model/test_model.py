@@ -174,6 +174,21 @@ def test_step_fn_matches_teacher_forced_likelihood(backbone):
     torch.testing.assert_close(logp.reshape(6), -nll)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_step_fn_logits_at_pairs_renormalise_to_the_dense_log_probs(tied):
+    """What a compact trie level asks for: the logits of (row, beam, code) triples only; renormalised over a beam's
+    codes they are the dense head's log-probs."""
+    model = _model("transformer", tie_code_embeddings=tied)
+    _, ev, codes = _batch(lengths=(5, 0, 7))
+    step_fn, state = model.make_step_fn(ev, codes)
+    prefix = codes[torch.tensor([[3, 8], [0, 39], [17, 2]])][..., :2]  # (B, beams, 2): choosing the last code
+    dense = step_fn(2, prefix, state)  # (3, 2, K)
+    row, beam, code = (t.reshape(-1) for t in torch.meshgrid(torch.arange(3), torch.arange(2),
+                                                             torch.arange(SIZES[2]), indexing="ij"))
+    sparse = step_fn(2, prefix, state, pairs=(row, beam, code)).view(3, 2, SIZES[2])
+    torch.testing.assert_close(sparse.log_softmax(-1), dense)
+
+
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_score_candidates_are_probabilities_independent_of_their_company(backbone):
     model = _model(backbone)
