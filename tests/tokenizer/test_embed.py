@@ -117,7 +117,7 @@ def test_ppmi_in_place_equals_the_dense_formula_in_any_block_size(monkeypatch):
 
 def test_symmetric_svd_lowrank_equals_torch_svd_lowrank():
     """Same seeded draws and algorithm as torch.svd_lowrank on the full symmetric COO tensor, so the same factors to
-    rounding, from the strict upper triangle alone."""
+    float32 rounding, from the strict upper triangle alone."""
     import scipy.sparse as sp
     import torch
 
@@ -130,8 +130,9 @@ def test_symmetric_svd_lowrank_equals_torch_svd_lowrank():
     coo = m.tocoo()
     a = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, m.shape)
     u_ref, s_ref, _ = torch.svd_lowrank(a.to(torch.float64), q=12, niter=6)
-    torch.testing.assert_close(s, s_ref, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(u.abs(), u_ref.abs(), rtol=1e-6, atol=1e-9)
+    # The products run in float32: singular values to float32 rounding, and the same subspace.
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(u @ u.T, u_ref @ u_ref.T, rtol=0, atol=1e-4)
 
 
 def test_items_without_text_fall_back_to_collaborative_and_say_so(make_tiny, tmp_path, capsys):
