@@ -31,5 +31,11 @@ __all__ = [
 
 
 def load_dataset(cfg: DataConfig, *, progress: bool = True) -> Interactions:
-    """Prepare the dataset `cfg` names (or reuse its cache) and return it with memory-mapped arrays."""
-    return open_prepared(prepare(cfg, progress=progress))
+    """Prepare the dataset `cfg` names (or reuse its cache) and return it with memory-mapped arrays; under the
+    cold-item protocol (`cfg.cold_items`), rewritten by `e2erec.data.cold.hold_out_items` (in memory)."""
+    inter = open_prepared(prepare(cfg, progress=progress))
+    if cfg.cold_items.active:
+        from e2erec.data.cold import hold_out_items
+
+        inter = hold_out_items(inter, cfg.cold_items, cfg.max_seq_len)
+    return inter

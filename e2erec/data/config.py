@@ -34,6 +34,12 @@ class SyntheticConfig:
     drift: float = 0.05  # per-event probability that a user's current interest changes
     explore: float = 0.1  # probability that an event's item is drawn from global popularity, not the interest
     interests_per_user: int = 3  # size of each user's interest mixture (drawn from the n_interests clusters)
+    # Item arrivals (cold start): this share of the items is released during the last `arrival_window` of the time
+    # span, has no event before its release, and its popularity ramps up linearly over `arrival_ramp_days` after it.
+    # 0 = every item exists from the start (and the log is draw for draw what it was before arrivals existed).
+    arrival_share: float = 0.0
+    arrival_window: float = 0.2
+    arrival_ramp_days: float = 30.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -48,6 +54,32 @@ class SyntheticConfig:
             raise ValueError("synthetic: drift and explore are probabilities in [0, 1]")
         if not 1 <= self.interests_per_user <= self.n_interests:
             raise ValueError("synthetic: interests_per_user must be in [1, n_interests]")
+        if not 0 <= self.arrival_share < 1 or not 0 < self.arrival_window <= 1 or self.arrival_ramp_days < 0:
+            raise ValueError(f"synthetic: arrival_share must be in [0, 1) (got {self.arrival_share}), arrival_window "
+                             f"in (0, 1] (got {self.arrival_window}), arrival_ramp_days >= 0 "
+                             f"(got {self.arrival_ramp_days})")
+
+
+@dataclass
+class ColdItemsConfig:
+    """The cold-item protocol (e2erec.data.cold): held-out items with no event in any training or validation input,
+    histories included; every event on one is a test target, predicted from its user's warm history before it."""
+
+    share: float = 0.0  # a seeded random share of the catalogue is held out (0 = off)
+    after: float | None = None  # or: the items first seen after this fraction of the log's time span
+    seed: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.share > 0 or self.after is not None
+
+    def validate(self) -> None:
+        if not 0 <= self.share < 1:
+            raise ValueError(f"cold_items.share must be in [0, 1), got {self.share}")
+        if self.after is not None and not 0 < self.after < 1:
+            raise ValueError(f"cold_items.after must be a fraction of the time span in (0, 1), got {self.after}")
+        if self.share > 0 and self.after is not None:
+            raise ValueError("cold_items: set share (a random hold-out) or after (items first seen late), not both")
 
 
 @dataclass
@@ -68,6 +100,7 @@ class DataConfig:
     temporal_valid_frac: float = 0.1  # temporal split: the last fractions of the time range
     temporal_test_frac: float = 0.1
     max_seq_len: int = 200  # events per history; truncation keeps the most recent
+    cold_items: ColdItemsConfig = field(default_factory=ColdItemsConfig)
 
     def validate(self) -> None:
         if self.max_seq_len < 1:

@@ -47,6 +47,19 @@ def temporal(inter: Interactions, valid_frac: float, test_frac: float) -> Split:
     return Split("temporal", train_end, np.flatnonzero(valid_mask & ~first), np.flatnonzero(test_mask & ~first))
 
 
+def _with_probes(inter: Interactions, split: Split) -> Split:
+    """Under the cold-item protocol (e2erec.data.cold): probe users train nothing and validate nothing; the last
+    event of each (its cold event) is a test target, after the real users' own targets."""
+    first = inter.cold.first_probe
+    offsets = np.asarray(inter.offsets)
+    train_end = split.train_end.copy()
+    train_end[first:] = offsets[first:-1]
+    probe_row = offsets[first]
+    cold_targets = offsets[first + 1:] - 1
+    return Split(split.protocol, train_end, split.valid[split.valid < probe_row],
+                 np.concatenate([split.test[split.test < probe_row], cold_targets]).astype(np.int64))
+
+
 def training_mask(inter: Interactions, split: Split) -> np.ndarray:
     """bool [n_events]: True for the rows `offsets[u]:train_end[u]`."""
     lens = inter.lengths()
@@ -61,6 +74,8 @@ def make_split(inter: Interactions, cfg: DataConfig) -> Split:
         split = leave_one_out(inter)
     else:
         split = temporal(inter, cfg.temporal_valid_frac, cfg.temporal_test_frac)
+    if inter.cold is not None:
+        split = _with_probes(inter, split)
     train_items = np.asarray(inter.item)[training_mask(inter, split)]
     inter.items.popularity = np.bincount(train_items, minlength=inter.n_items).astype(np.int64)
     return split

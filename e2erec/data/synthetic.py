@@ -13,6 +13,11 @@ Generative story (all vectorised numpy; users are generated in chunks of ~1M eve
 - Feedback: P(positive) = σ(3·(cos(f_i, c_s) − 0.5) + b_i), with item bias b_i ~ N(0, 0.5²); the label is drawn from
   it and the rating is 4–5 for a positive, 1–3 otherwise (so `positive_threshold: 4` recovers the label).
 - Timestamps: a user starts at a uniform time in 2015–2020; gaps are 1 + Exponential(1 day) seconds.
+- Arrivals (`arrival_share` > 0): that share of the items gets a release time r_i, uniform in the last
+  `arrival_window` of 2015–2020 (r_i = 0 for the others). An event at time t takes item i with weight
+  w_i · a_i(t), a_i(t) = clip((t − r_i) / ramp, 0, 1) (ramp = `arrival_ramp_days`): nothing before release, then
+  a linear ramp to full popularity. Drawn by rejection (the usual draw, accepted with probability a_i(t), redrawn
+  from a second seeded stream otherwise), so the log with `arrival_share` = 0 is the log without arrivals.
 
 Planted ground truth (`Interactions.planted`; contiguous ids, re-indexed by the pipeline):
 
@@ -21,6 +26,7 @@ Planted ground truth (`Interactions.planted`; contiguous ids, re-indexed by the 
     item_factors      float32 [n_items, dim];  interest_centers float32 [n_interests, dim]
     item_interest     int64   [n_items]   the item's cluster z_i
     item_weight       float64 [n_items]   popularity weight w_i (normalised over all generated items)
+    item_release      int64   [n_items]   release time r_i in unix seconds, 0 = there from the start (arrivals only)
     interest_weight   float64 [n_interests]  W_k = Σ_{z_i = k} w_i over all generated items
     user_mixture      float32 [n_users, n_interests]  π_u
 
@@ -41,6 +47,7 @@ from e2erec.data.config import SyntheticConfig
 from e2erec.data.raw import RawData, make_item_table
 from e2erec.data.types import Interactions
 
+MAX_REDRAWS = 64  # rejection rounds for arrivals; events still unplaced then take an item there from the start
 CHUNK_EVENTS = 1 << 20  # ~1M events per chunk: ~100 MB of temporaries, independent of the dataset size
 _SYLLABLES = ["ka", "lo", "mi", "ra", "tu", "ve", "no", "si", "ba", "de", "fu", "gi", "ho", "ju", "ze", "pa", "qu",
               "ry", "sa", "to", "wi", "xe", "yo", "ni"]
@@ -113,6 +120,7 @@ def generate(cfg: SyntheticConfig, progress: bool = True) -> RawData:
     mixture = np.zeros((U, K), np.float32)
     np.put_along_axis(mixture, interests, mix_w, axis=1)
     start_time = T_START + rng.integers(0, T_SPAN, U)
+    arrivals = _arrivals(cfg) if cfg.arrival_share > 0 else None
 
     user = np.empty(E, np.int32)  # raw ids only (re-encoded by the pipeline): half the memory at 100M events
     item = np.empty(E, np.int64)
@@ -147,15 +155,66 @@ def generate(cfg: SyntheticConfig, progress: bool = True) -> RawData:
         gaps[first] = 0
         csum = np.cumsum(gaps)
         user_base = np.repeat(csum[offsets[u0:u1] - lo], lens[u0:u1])
+        t = start_time[uid] + csum - user_base
+        if arrivals is not None:
+            it, p, rating = _place_arrivals(arrivals, it, p, rating, s, t, cfg, table, by_cluster, global_cdf, empty,
+                                            bias, unit_f, unit_c)
         user[lo:hi], item[lo:hi], state[lo:hi] = uid, it, s
-        ts[lo:hi] = start_time[uid] + csum - user_base
+        ts[lo:hi] = t
         feedback[lo:hi], prob[lo:hi] = rating, p
     truth["user_mixture"] = mixture
+    meta = {"drift": cfg.drift, "explore": cfg.explore, "seed": cfg.seed}
+    if arrivals is not None:
+        truth["item_release"] = arrivals["release"]
+        meta.update(arrival_share=cfg.arrival_share, arrival_ramp_s=arrivals["ramp"])
     return RawData(
         user=pa.array(user), item=pa.array(item), timestamp=ts, feedback=feedback, items=items, source="synthetic",
-        extra={"prob": prob, "user_interest": state}, planted_static=truth,
-        meta={"synthetic": {"drift": cfg.drift, "explore": cfg.explore, "seed": cfg.seed}},
+        extra={"prob": prob, "user_interest": state}, planted_static=truth, meta={"synthetic": meta},
     )
+
+
+def _arrivals(cfg: SyntheticConfig) -> dict:
+    """Release times of the arriving items, and the random stream that places their events."""
+    rng = np.random.default_rng([cfg.seed, 1])  # its own stream: the main one stays as without arrivals
+    new = rng.choice(cfg.n_items, size=round(cfg.arrival_share * cfg.n_items), replace=False)
+    release = np.zeros(cfg.n_items, np.int64)
+    release[new] = T_START + ((1 - cfg.arrival_window + cfg.arrival_window * rng.random(len(new))) * T_SPAN).astype(np.int64)
+    return {"rng": rng, "release": release, "ramp": max(cfg.arrival_ramp_days * 86_400.0, 1.0)}
+
+
+def availability(release: np.ndarray, ramp: float, items: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """a_i(t) = clip((t - r_i) / ramp, 0, 1), 1 for an item there from the start (r_i = 0)."""
+    r = release[items]
+    return np.where(r == 0, 1.0, np.clip((t - r) / ramp, 0.0, 1.0))
+
+
+def _place_arrivals(arrivals, it, p, rating, s, t, cfg, table, by_cluster, global_cdf, empty, bias, unit_f, unit_c):
+    """Rejection step of the arrivals (module docstring): each event keeps its item with probability a_i(t), else
+    draws again (same interest, same explore rule) from the arrivals' stream; a redrawn event's feedback is drawn
+    again for its new item."""
+    rng, release, ramp = arrivals["rng"], arrivals["release"], arrivals["ramp"]
+    it = it.copy()
+    redo = availability(release, ramp, it, t) <= rng.random(len(it))
+    moved = redo.copy()
+    for _ in range(MAX_REDRAWS):
+        idx = np.flatnonzero(redo)
+        if len(idx) == 0:
+            break
+        r = rng.random(len(idx))
+        in_cluster = by_cluster[np.minimum(np.searchsorted(table, s[idx] + r, side="left"), len(table) - 1)]
+        popular = np.minimum(np.searchsorted(global_cdf, r * global_cdf[-1]), cfg.n_items - 1)
+        it[idx] = np.where((rng.random(len(idx)) < cfg.explore) | empty[s[idx]], popular, in_cluster)
+        redo[idx] = availability(release, ramp, it[idx], t[idx]) <= rng.random(len(idx))
+    if redo.any():  # rare (a cluster of mostly unreleased items): the most popular item there from the start
+        from_start = np.flatnonzero(release == 0)
+        it[redo] = from_start[np.argmax(np.diff(np.concatenate([[0.0], global_cdf]))[from_start])]
+    idx = np.flatnonzero(moved)
+    cos = np.einsum("nd,nd->n", unit_f[it[idx]], unit_c[s[idx]])
+    p, rating = p.copy(), rating.copy()
+    p[idx] = 1.0 / (1.0 + np.exp(-(3.0 * (cos - 0.5) + bias[it[idx]])))
+    pos = rng.random(len(idx)) < p[idx]
+    rating[idx] = np.where(pos, 4 + (rng.random(len(idx)) < 0.5), 1 + rng.integers(0, 3, len(idx)))
+    return it, p, rating
 
 
 def _previous_interest_probs(inter: Interactions, targets: np.ndarray) -> np.ndarray:
@@ -187,7 +246,30 @@ def planted_next_item_probs(inter: Interactions, targets: np.ndarray) -> np.ndar
     p_item_given_k = np.zeros((K, len(w)))
     p_item_given_k[z, np.arange(len(w))] = np.where(wk[z] > 0, (1 - explore) * w / np.maximum(wk[z], 1e-300), 0)
     p_item_given_k += explore * w[None, :]
-    return (_previous_interest_probs(inter, targets) @ p_item_given_k).astype(np.float32)
+    pz = _previous_interest_probs(inter, targets)
+    if "item_release" not in inter.planted:
+        return (pz @ p_item_given_k).astype(np.float32)
+    return _with_arrivals(inter, np.asarray(targets, np.int64), pz, w, z, wk, explore).astype(np.float32)
+
+
+def _with_arrivals(inter: Interactions, targets: np.ndarray, pz: np.ndarray, w: np.ndarray, z: np.ndarray,
+                   wk: np.ndarray, explore: float) -> np.ndarray:
+    """`planted_next_item_probs` under arrivals. The rejection draw gives, for interest k at time t,
+    P(i | k, t) = a_i(t) (e w_i / W + (1 - e) [z_i = k] w_i / W_k) / Z_k(t) with Z_k(t) = e S(t) / W
+    + (1 - e) S_k(t) / W_k, S the available weight a·w (over the items kept here; an item the pipeline dropped
+    counts as available). Summed over k with weights pz, without a [targets, K, items] array."""
+    a = availability(np.asarray(inter.planted["item_release"]), float(inter.meta["synthetic"]["arrival_ramp_s"]),
+                     np.arange(len(w))[None, :], np.asarray(inter.timestamp)[targets][:, None])  # (T, n)
+    wa = a * w[None, :]
+    onehot = np.zeros((len(w), len(wk)))
+    onehot[np.arange(len(w)), z] = 1.0
+    total, by_k = 1.0, wk  # W = 1: item_weight is normalised over every generated item
+    s_all = wa.sum(1) + (total - w.sum())  # (T,)
+    s_k = wa @ onehot + (wk - np.bincount(z, weights=w, minlength=len(wk)))[None, :]  # (T, K)
+    zk = explore * s_all[:, None] / total + (1 - explore) * s_k / np.maximum(by_k, 1e-300)[None, :]
+    glob = explore / total * (pz / zk).sum(1)  # (T,)
+    own = (1 - explore) * pz / (np.maximum(by_k, 1e-300)[None, :] * zk)  # (T, K)
+    return wa * (glob[:, None] + own[:, z])
 
 
 def planted_affinity(inter: Interactions, targets: np.ndarray) -> np.ndarray:

@@ -35,6 +35,15 @@ class ItemTable:
 
 
 @dataclass
+class ColdHoldout:
+    """The cold-item protocol's record (e2erec.data.cold): which items are held out, and where the probe users are."""
+
+    items: np.ndarray  # bool [n_items], True = held out of every training and validation input
+    first_probe: int  # users >= this are probe users: a warm history, then one cold event (a test target)
+    origin: np.ndarray  # int64 [n_users], the real user each user was cut from (itself for a real user)
+
+
+@dataclass
 class Interactions:
     """All events of a dataset, grouped by user and ordered by time (stable on ties)."""
 
@@ -53,6 +62,7 @@ class Interactions:
     #   "item_interest", "item_weight", "interest_weight", "user_mixture": see e2erec.data.synthetic, whose
     #   `planted_next_item_probs(inter, targets)` gives the Bayes-optimal next-item ranking for target events.
     planted: dict[str, np.ndarray] = field(default_factory=dict)
+    cold: ColdHoldout | None = None  # set under the cold-item protocol (data.cold_items)
 
     @property
     def n_users(self) -> int:

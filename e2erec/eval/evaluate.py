@@ -37,18 +37,24 @@ class Context:
             raise DataError("the split has no test targets: nothing to evaluate")
         self.items = np.asarray(inter.item)[self.targets]
         self.labels = np.asarray(inter.label)[self.targets].astype(np.float64)
-        self.users = target_users(inter, self.targets)
+        self.users = target_users(inter, self.targets)  # the row's user: a probe user for a cold-item target
+        # The real person behind each target (e2erec.data.cold): what the bootstrap resamples and GAUC groups by.
+        self.people = self.users if inter.cold is None else inter.cold.origin[self.users]
         offsets = np.asarray(inter.offsets)
         self.history_len = self.targets - offsets[self.users]
-        train_len = np.asarray(split.train_end)[self.users] - offsets[self.users]
+        train_len = np.asarray(split.train_end)[self.people] - offsets[self.people]
         self.popularity = np.asarray(inter.items.popularity, dtype=np.float64)
         self.head = M.head_items(self.popularity, cfg.long_tail_share)
         self.segments = {
             f"short_history (<= {cfg.short_history} training events)": train_len <= cfg.short_history,
             "long_tail_target (test item outside the head)": ~self.head[self.items],
         }
+        if inter.cold is not None:  # the cold-item protocol: held-out items, never in any training input
+            cold = inter.cold.items[self.items]
+            self.segments.update({"cold_item": cold, "warm_item": ~cold,
+                                  "long_tail_warm": ~cold & ~self.head[self.items]})
         self.bucket = np.searchsorted(np.array(HISTORY_BUCKETS), self.history_len, side="right") - 1
-        self.boot = M.UserBootstrap(self.users, cfg.bootstrap, cfg.seed) if cfg.bootstrap > 0 else None
+        self.boot = M.UserBootstrap(self.people, cfg.bootstrap, cfg.seed) if cfg.bootstrap > 0 else None
         self.k = max(cfg.top_k, max(cfg.ks))
         self.planted_top = self._planted_top(10)
 
@@ -67,7 +73,7 @@ class Context:
     def summary(self) -> dict:
         return {
             "n_test_targets": len(self.targets),
-            "n_test_users": len(np.unique(self.users)),
+            "n_test_users": len(np.unique(self.people)),
             "n_items": int(self.inter.n_items),
             "protocol": self.split.protocol,
             "top_k": int(self.k),
@@ -76,6 +82,7 @@ class Context:
             "segments": {name: int(mask.sum()) for name, mask in self.segments.items()},
             "head_items": int(self.head.sum()),
             "planted": self.planted_top is not None,
+            **({"cold_items": self.inter.meta["cold_items"]} if self.inter.cold is not None else {}),
         }
 
 
@@ -103,7 +110,16 @@ def evaluate_system(system: Recommender, ctx: Context) -> dict:
         hits = (recs[:, :cut, None] == ctx.planted_top[:, None, :]) & (ctx.planted_top[:, None, :] >= 0)
         per_event["planted_recall@10"] = hits.any(axis=1).sum(axis=1) / np.maximum((ctx.planted_top >= 0).sum(1), 1)
 
+    cold_slots = None
+    if ctx.inter.cold is not None:  # how much of each top-10 goes to held-out items, and how often those slots hit
+        cold_slots = ctx.inter.cold.items[np.maximum(recs[:, :10], 0)] & (recs[:, :10] >= 0)
+        per_event["cold_slot_share@10"] = cold_slots.mean(axis=1)
+
     overall = _ranking_block(per_event, None, ctx.boot)
+    if cold_slots is not None:
+        hits = (cold_slots & (recs[:, :10] == ctx.items[:, None])).sum()
+        overall["cold_slot_hit_rate@10"] = {"value": float(hits / max(cold_slots.sum(), 1)), "lo": float("nan"),
+                                            "hi": float("nan"), "slots": int(cold_slots.sum())}
     overall["coverage"] = {"value": M.coverage(recs, ctx.inter.n_items), "lo": float("nan"), "hi": float("nan")}
     segments = {name: {"n": int(mask.sum()), **_ranking_block(per_event, mask, ctx.boot)}
                 for name, mask in ctx.segments.items()}
@@ -123,7 +139,7 @@ def evaluate_system(system: Recommender, ctx: Context) -> dict:
         if proba.shape != (len(ctx.targets),) or not np.all((proba >= 0) & (proba <= 1)):
             raise ValueError(f"{system.name}.predict_proba must return [n_targets] probabilities in [0, 1]")
         samples = M.calibration_samples(proba, ctx.labels, cfg.ece_bins, ctx.boot)
-        calibration = M.calibration_metrics(proba, ctx.labels, ctx.users, cfg.ece_bins, ctx.boot, samples)
+        calibration = M.calibration_metrics(proba, ctx.labels, ctx.people, cfg.ece_bins, ctx.boot, samples)
         reliability = M.reliability(proba, ctx.labels, cfg.ece_bins)
     fit_log = getattr(system, "fit_log", None)
     if fit_log is not None and hasattr(fit_log, "to_dict"):

@@ -262,6 +262,8 @@ def collaborative_embeddings(inter: Interactions, split: Split, dim: int, seed: 
         raise DataError(f"collaborative embedding needs at least 2 items, got {inter.n_items}")
     u, s = symmetric_svd_lowrank(c, k, niter=6, seed=seed)
     emb = (u * s.sqrt()).numpy().astype(np.float32)  # (n_items, k)
+    # An item with no PPMI entry left is exactly zero (QR's rounding leaves ~1e-17 there, which _l2 would inflate).
+    emb[(np.diff(c.indptr) == 0) & (np.bincount(c.indices, minlength=c.shape[0]) == 0)] = 0.0
     if k < dim:
         emb = np.pad(emb, ((0, 0), (0, dim - k)))
     return _l2(emb), n_cold
@@ -368,6 +370,14 @@ def embed_items(
     elif cfg.embedding == "collaborative":
         emb = collab
     else:
+        cold = (np.linalg.norm(collab, axis=1) == 0) & ~empty
+        if cold.any():  # no training event: the collaborative half is zero, a region no warm item shares
+            collab = collab.copy()
+            collab[cold] = _ridge(text, collab, ~cold & ~empty, cold)
+            print(f"tokenizer: {int(cold.sum())} of {inter.n_items} items have no training events; their "
+                  "collaborative embedding is predicted from their text (ridge regression on items with both), so "
+                  "they share code prefixes with the warm items they read like")
+        report["collaborative_predicted_from_text"] = int(cold.sum())
         emb = _l2(np.concatenate([text, collab], axis=1))
     bad = ~np.isfinite(emb).all(axis=1)
     if bad.any():
@@ -378,16 +388,21 @@ def embed_items(
     return emb, report
 
 
+def _ridge(source: np.ndarray, target: np.ndarray, fit: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Ridge regression target ~ source on the `fit` rows, applied to `rows`; L2-normalised predictions."""
+    if fit.sum() < 2:
+        raise DataError(f"{int(rows.sum())} items need an embedding predicted from another kind, and only "
+                        f"{int(fit.sum())} items have both text and training events to learn it from; use "
+                        "tokenizer.embedding=collaborative or text")
+    a, b = source[fit].astype(np.float64), target[fit].astype(np.float64)
+    w = np.linalg.solve(a.T @ a + 1e-2 * np.eye(a.shape[1]), a.T @ b)  # (d_source, d_target)
+    return _l2((source[rows] @ w).astype(np.float32))
+
+
 def _predict_text_from_collab(text: np.ndarray, collab: np.ndarray, empty: np.ndarray) -> np.ndarray:
     """Ridge regression text ~ collab on items with text and training events; returns L2-normalised predictions."""
-    has_collab = np.linalg.norm(collab, axis=1) > 0
-    fit = ~empty & has_collab
-    if fit.sum() < 2:
-        raise DataError(f"{int(empty.sum())} items have no text and only {int(fit.sum())} items have both text and "
-                        "training events: cannot predict text embeddings; use tokenizer.embedding=collaborative")
-    a, b = collab[fit].astype(np.float64), text[fit].astype(np.float64)
-    w = np.linalg.solve(a.T @ a + 1e-2 * np.eye(a.shape[1]), a.T @ b)  # (d_collab, d_text)
-    pred = _l2((collab[empty] @ w).astype(np.float32))
+    fit = ~empty & (np.linalg.norm(collab, axis=1) > 0)
+    pred = _ridge(collab, text, fit, empty)
     # An item with neither text nor training events predicts the zero vector: use the mean text direction.
     zero = np.linalg.norm(pred, axis=1) == 0
     pred[zero] = _l2(text[fit].mean(0, keepdims=True))

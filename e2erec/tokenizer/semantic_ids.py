@@ -30,7 +30,10 @@ from e2erec.tokenizer.trie import PrefixTrie
 from e2erec.utils.io import atomic_dir, atomic_write_json, fingerprint, to_dict
 from e2erec.utils.manifest import verify_manifest, write_manifest
 
-VERSION = 1
+VERSION = 1  # the artifact's format: what `load` reads
+# How the codes are computed, part of the cache key only (an artifact of an older build still loads): 2 = items
+# without training events get a collaborative half predicted from their text (hybrid), float32 SVD products.
+BUILD = 2
 
 
 @dataclass
@@ -191,7 +194,7 @@ def artifact_dir(cache_dir: str | Path, inter: Interactions, split: Split | None
     split_digest = None
     if split is not None:  # the collaborative embedding (and the no-text fallback) read the training split
         split_digest = hashlib.sha256(np.ascontiguousarray(split.train_end, dtype=np.int64).tobytes()).hexdigest()
-    key = fingerprint("semantic-ids", VERSION, data_fingerprint(inter), split_digest, to_dict(cfg))
+    key = fingerprint("semantic-ids", VERSION, BUILD, data_fingerprint(inter), split_digest, to_dict(cfg))
     return Path(cache_dir) / "semantic_ids" / f"{inter.meta.get('name', 'data')}-{key}"
 
 

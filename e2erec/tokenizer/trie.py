@@ -73,6 +73,21 @@ class PrefixTrie:
         self._blocks: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
+    def build_subset(cls, codes: torch.Tensor, codebook_sizes: list[int], keep: torch.Tensor) -> PrefixTrie:
+        """The trie of the items `keep` (bool [n_items]) only, with the original item ids: `leaf_item` names them and
+        `item_node[l]` is full length, -1 for an item left out. What a training mask over a subset of the catalogue
+        needs (`trie_code_mask`); steering and beam-search values read every item, so they take `build`'s trie."""
+        keep = torch.as_tensor(keep, dtype=torch.bool).cpu()
+        ids = keep.nonzero().squeeze(1)
+        sub = cls.build(codes[ids], codebook_sizes)
+        item_node = []
+        for nodes in sub.item_node:
+            full = torch.full((keep.numel(),), -1, dtype=torch.long)
+            full[ids] = nodes
+            item_node.append(full)
+        return cls(sub.children, ids[sub.leaf_item], item_node, codebook_sizes)
+
+    @classmethod
     def build(cls, codes: torch.Tensor, codebook_sizes: list[int]) -> PrefixTrie:
         """From unique codes long [n_items, n_levels] (duplicate rows are an error: a leaf names one item)."""
         codes = codes.long().cpu()

@@ -94,6 +94,10 @@ class RecTask:
         self.codes = torch.as_tensor(codes, dtype=torch.int64)  # [n_items, L]
         self.codebook_sizes = list(codebook_sizes)
         self.trie = PrefixTrie.build(self.codes, self.codebook_sizes)
+        # Under the cold-item protocol the held-out items do not exist while training: the trie-softmax renormalises
+        # over the codes of the other items only, so a cold item's codes are never pushed down as alternatives.
+        self.train_trie = self.trie if inter.cold is None else PrefixTrie.build_subset(
+            self.codes, self.codebook_sizes, torch.from_numpy(~inter.cold.items))
         self.data_fingerprint = data_fingerprint
         self._artifact = artifact or {}
         offsets = np.asarray(inter.offsets)
@@ -174,7 +178,8 @@ class RecTask:
             events, self.codes, num_candidates=num_candidates, generator=generator,
             loss_weights=(self.cfg.train.gen_loss_weight, self.cfg.train.calib_loss_weight),
             max_history=m.max_tokens_per_seq, num_feedback=m.num_feedback, num_time_buckets=m.num_time_buckets,
-            trie=self.trie if self.cfg.train.trie_softmax else None, generative=generative, targets_counted=training,
+            trie=self.train_trie if self.cfg.train.trie_softmax else None, generative=generative,
+            targets_counted=training,
         )
 
     def train_batch(self, indices, generator: torch.Generator):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,44 @@ def test_planted_ranking_beats_popularity(synthetic_small, synthetic_small_split
 def test_config_refuses_too_few_events():
     with pytest.raises(ValueError, match="n_events"):
         SyntheticConfig(n_users=100, n_events=200).validate()
+
+
+ARRIVALS = SyntheticConfig(n_users=2_000, n_items=400, n_events=200_000, n_interests=8, dim=8, arrival_share=0.3,
+                           arrival_window=0.5, arrival_ramp_days=60, seed=1)
+
+
+def test_arrivals_are_deterministic_and_nothing_happens_before_release():
+    a, b = generate(ARRIVALS, progress=False), generate(ARRIVALS, progress=False)
+    np.testing.assert_array_equal(np.asarray(a.item), np.asarray(b.item))
+    np.testing.assert_array_equal(a.feedback, b.feedback)
+    release = a.planted_static["item_release"]
+    item, ts = np.asarray(a.item), a.timestamp
+    assert (release > 0).sum() == 120 and not (ts < release[item]).any()
+    # Timestamps do not depend on the items, so the arrivals move items only.
+    np.testing.assert_array_equal(ts, generate(dataclasses.replace(ARRIVALS, arrival_share=0.0), progress=False).timestamp)
+    # The ramp: per day, a new item draws fewer events in its first 30 days than in days 60-90 after release.
+    age = ((ts - release[item]) / 86_400)[release[item] > 0]
+    assert (age < 30).sum() < 0.75 * ((age >= 60) & (age < 90)).sum()
+
+
+def test_planted_next_item_probs_follow_the_arrivals():
+    """Expected events on arriving items under the planted distribution match the observed count (a formula that
+    ignored release times would put mass on unreleased items and miss by far)."""
+    from e2erec.data import make_split, prepare
+    from e2erec.data.config import DataConfig
+    from e2erec.data.process import open_prepared
+
+    cfg = DataConfig(name="synthetic-arrivals", source="synthetic", synthetic=ARRIVALS)
+    inter = open_prepared(prepare(cfg, progress=False))
+    make_split(inter, cfg)
+    offsets = np.asarray(inter.offsets)
+    rng = np.random.default_rng(0)
+    rows = rng.choice(inter.n_events, 20_000, replace=False)
+    rows = rows[rows > offsets[inter.user_of(rows)]]  # an earlier event of the user: the interest it follows
+    p = planted_next_item_probs(inter, rows)
+    release = np.asarray(inter.planted["item_release"])
+    t = np.asarray(inter.timestamp)[rows]
+    assert (p[release[None, :] > t[:, None]] == 0).all()
+    new = release > 0
+    expected, observed = p[:, new].sum(), new[np.asarray(inter.item)[rows]].sum()
+    assert observed > 300 and abs(expected - observed) < 4 * np.sqrt(observed)

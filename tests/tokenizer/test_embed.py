@@ -154,6 +154,29 @@ def test_items_without_text_fall_back_to_collaborative_and_say_so(make_tiny, tmp
     assert list((tmp_path / "embeddings").glob("text-*.npy"))
 
 
+def test_items_without_training_events_get_a_collaborative_half_predicted_from_text(make_tiny, tmp_path, capsys):
+    """A cold item (no training event) would have a zero collaborative half, a region no warm item shares; its half
+    is predicted from its text instead, and lands among the warm items of its genre."""
+    inter, split = make_tiny(n_items=30)
+    train = np.zeros(len(inter.item), bool)
+    for u in range(inter.n_users):
+        train[inter.offsets[u]:split.train_end[u]] = True
+    swap = {4: 7, 9: 3}  # same genres (i % 3): items 4 and 9 keep events only as held-out targets
+    for cold, warm in swap.items():
+        inter.item[train & (inter.item == cold)] = warm
+    emb, report = embed_items(inter, split, TokenizerConfig(embedding="hybrid", collaborative_dim=8), tmp_path,
+                              progress=False)
+    assert report["collaborative_predicted_from_text"] == 2
+    assert "2 of 30 items have no training events" in capsys.readouterr().out
+    collab = emb[:, -8:]
+    genre = np.arange(30) % 3
+    warm = ~np.isin(np.arange(30), list(swap))
+    for i in swap:
+        assert np.linalg.norm(collab[i]) > 0.1
+        sims = collab[warm] @ collab[i]
+        assert int(np.argmax([sims[genre[warm] == g].mean() for g in range(3)])) == genre[i]
+
+
 def test_hybrid_embedding_concatenates_normalised_parts(make_tiny, tmp_path):
     inter, split = make_tiny(n_items=30)
     emb, report = embed_items(inter, split, TokenizerConfig(embedding="hybrid", collaborative_dim=8), tmp_path,

@@ -85,6 +85,24 @@ def test_trie_admits_exactly_the_valid_ids():
     assert not trie.step(0, torch.tensor([-1]))[0].any()
 
 
+def test_subset_trie_allows_only_the_kept_items_codes_under_their_own_ids():
+    """What the cold-item protocol trains with: the trie of some items, indexed by the catalogue's item ids."""
+    from e2erec.model.batch import trie_code_mask
+
+    g = torch.Generator().manual_seed(5)
+    sizes = [3, 3, 4]
+    all_ids = torch.tensor(list(itertools.product(*[range(k) for k in sizes])))
+    codes = all_ids[torch.randperm(len(all_ids), generator=g)[:20]]
+    keep = torch.rand(20, generator=g) < 0.6
+    sub = PrefixTrie.build_subset(codes, sizes, keep)
+    ref = PrefixTrie.build(codes[keep], sizes)  # the same trie, numbered by kept position
+    kept = keep.nonzero().squeeze(1)
+    assert torch.equal(trie_code_mask(sub, kept), trie_code_mask(ref, torch.arange(len(kept))))
+    assert sorted(sub.items_of_leaves(torch.arange(len(kept))).tolist()) == kept.tolist()
+    assert (sub.item_node[1][~keep] == -1).all()
+    assert not torch.equal(trie_code_mask(sub, kept), trie_code_mask(PrefixTrie.build(codes, sizes), kept))
+
+
 def test_build_save_load_round_trip_and_dataset_check(make_tiny, tmp_path):
     inter, split = make_tiny(n_items=30)
     cfg = TokenizerConfig(embedding="collaborative", collaborative_dim=8, codebook_size=4, levels=2)

@@ -1,0 +1,192 @@
+"""The cold-item protocol: held-out items reach no training input (the batches themselves), every event on one is a
+test target with its user's warm history before it, and the report's segments count them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from e2erec.data import load_dataset, make_split, training_mask
+from e2erec.data.cold import cold_item_mask, hold_out_items
+from e2erec.data.config import ColdItemsConfig, DataConfig
+from e2erec.data.types import Interactions, ItemTable
+from e2erec.errors import DataError
+
+
+def _tiny() -> Interactions:
+    """Two users: 0 sees items 0 1 2 3 4, user 1 sees 2 0 5 (timestamps increasing)."""
+    items = [0, 1, 2, 3, 4, 2, 0, 5]
+    n_items = 6
+    table = ItemTable([str(i) for i in range(n_items)], [""] * n_items, [""] * n_items, [[] for _ in range(n_items)],
+                      np.full(n_items, -1, np.int32), np.zeros(n_items, np.int64))
+    return Interactions(offsets=np.array([0, 5, 8]), item=np.array(items), timestamp=np.arange(8) * 10,
+                        feedback=np.ones(8, np.float32), label=np.ones(8, np.int8), user_raw_id=["a", "b"],
+                        items=table, meta={"fingerprint": "tiny"})
+
+
+def test_probe_users_hold_the_warm_history_before_each_cold_event(monkeypatch):
+    inter = _tiny()
+    monkeypatch.setattr("e2erec.data.cold.cold_item_mask", lambda inter, cfg: np.isin(np.arange(6), [2, 4]))
+    out = hold_out_items(inter, ColdItemsConfig(share=0.5), max_history=2)
+    # Warm log: user 0 -> 0 1 3, user 1 -> 0 5. Cold events: (user 0, item 2) after [0 1], (user 0, item 4) after
+    # [0 1 3] (cut to the 2 most recent: [1 3]); (user 1, item 2) is its first event: no history, dropped.
+    assert out.offsets.tolist() == [0, 3, 5, 8, 11]
+    assert out.item.tolist() == [0, 1, 3, 0, 5, 0, 1, 2, 1, 3, 4]
+    assert out.timestamp.tolist() == [0, 10, 30, 60, 70, 0, 10, 20, 10, 30, 40]
+    assert out.cold.first_probe == 2 and out.cold.origin.tolist() == [0, 1, 0, 0]
+    assert out.user_raw_id == ["a", "b", "a#cold0", "a#cold1"]
+    assert out.meta["cold_items"]["n_targets"] == 2 and out.meta["cold_items"]["dropped_without_history"] == 1
+    assert out.meta["fingerprint"] != "tiny"
+    split = make_split(out, DataConfig())
+    # Real users split as usual on their warm rows; probes train nothing, validate nothing, test their last event.
+    assert split.train_end.tolist() == [1, 4, 5, 8] and split.valid.tolist() == [1]
+    assert split.test.tolist() == [2, 4, 7, 10]
+    assert out.items.popularity.tolist() == [2, 0, 0, 0, 0, 0]  # training events only: both users' item 0
+
+
+def test_after_holds_out_the_items_first_seen_late():
+    inter = _tiny()  # first seen: item 0 at t=0, 1 at 10, 2 at 20, 3 at 30, 4 at 40, 5 at 70; span 0..70
+    assert np.flatnonzero(cold_item_mask(inter, ColdItemsConfig(after=0.5))).tolist() == [4, 5]
+    share = cold_item_mask(inter, ColdItemsConfig(share=0.5, seed=3))
+    assert share.sum() == 3 and np.array_equal(share, cold_item_mask(inter, ColdItemsConfig(share=0.5, seed=3)))
+
+
+def test_a_hold_out_without_cold_or_warm_events_is_refused(monkeypatch):
+    monkeypatch.setattr("e2erec.data.cold.cold_item_mask", lambda inter, cfg: np.ones(6, bool))
+    with pytest.raises(DataError, match="needs both cold and warm events"):
+        hold_out_items(_tiny(), ColdItemsConfig(share=0.5), max_history=5)
+
+
+@pytest.mark.parametrize("override, message", [("data.cold_items.share=1.5", "cold_items.share must be in"),
+                                               ("data.cold_items.after=2", "fraction of the time span")])
+def test_bad_cold_item_keys_are_named(override, message):
+    from e2erec.config import load_run_config
+    from e2erec.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(None, [override])
+
+
+@pytest.fixture(scope="module")
+def cold_ml100k():
+    cfg = DataConfig(name="ml-100k", cold_items=ColdItemsConfig(share=0.1))
+    inter = load_dataset(cfg, progress=False)
+    return cfg, inter, make_split(inter, cfg)
+
+
+def test_ml100k_cold_items_reach_no_training_row_validation_target_or_history(cold_ml100k, ml100k):
+    cfg, inter, split = cold_ml100k
+    cold = inter.cold.items
+    assert cold.sum() == 168
+    # Every event on a held-out item with some warm event before it is a target; the rest of the log is warm.
+    raw_cold = cold[np.asarray(ml100k.item)]
+    info = inter.meta["cold_items"]
+    assert info["n_targets"] + info["dropped_without_history"] == raw_cold.sum() and info["n_targets"] > 9000
+    targets = np.asarray(split.test)
+    assert cold[inter.item[targets]].sum() == info["n_targets"]
+    assert not cold[inter.item[training_mask(inter, split)]].any()
+    assert not cold[inter.item[split.valid]].any()
+    # No history of any target (rows offsets[u]:t, what every system reads) holds a cold item.
+    users = inter.user_of(targets)
+    lens = targets - inter.offsets[users]
+    rows = np.repeat(inter.offsets[users], lens) + np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    assert not cold[inter.item[rows]].any()
+    # A probe's history is its user's warm events before the cold event, the most recent max_seq_len.
+    for probe in range(inter.cold.first_probe, inter.n_users, 997):
+        real = int(inter.cold.origin[probe])
+        target_time = inter.timestamp[inter.offsets[probe + 1] - 1]
+        raw = slice(ml100k.offsets[real], ml100k.offsets[real + 1])
+        raw_items, raw_ts = np.asarray(ml100k.item[raw]), np.asarray(ml100k.timestamp[raw])
+        at = np.flatnonzero((raw_items == inter.item[inter.offsets[probe + 1] - 1]) & (raw_ts == target_time))[0]
+        want = raw_items[:at][~cold[raw_items[:at]]][-cfg.max_seq_len:]
+        assert inter.item[inter.offsets[probe]:inter.offsets[probe + 1] - 1].tolist() == want.tolist()
+
+
+def test_training_and_validation_batches_never_hold_a_cold_item(cold_ml100k):
+    """The batches the trainer builds, every one of an epoch, and the validation batches: no cold item anywhere."""
+    from e2erec.config import load_run_config
+    from e2erec.train.task import RecTask
+
+    _, inter, split = cold_ml100k
+    cfg = load_run_config(None, ["data.cold_items.share=0.1", "train.batch_tokens=8192"])
+    ids = torch.arange(inter.n_items)
+    codes = torch.stack([ids // 256, ids // 16 % 16, ids % 16], 1)
+    task = RecTask(cfg, inter, split, codes, [16, 16, 16], inter.meta["fingerprint"])
+    cold = torch.from_numpy(inter.cold.items)
+    sampler = task.make_sampler(rank=0, world_size=1)
+    generator = torch.Generator().manual_seed(0)
+    # The trie-softmax's valid codes are the warm items' only: after a target's first two codes, the last codes of
+    # the warm items sharing them.
+    warm_last: dict[tuple[int, int], set[int]] = {}
+    for c0, c1, c2 in codes[~cold].tolist():
+        warm_last.setdefault((c0, c1), set()).add(c2)
+    seen = 0
+    for indices in iter(sampler):
+        batch = task.train_batch(indices, generator)
+        assert not cold[batch.item].any()
+        allowed = batch.gen_mask[:, 32:48]
+        for (c0, c1, _), row in zip(batch.gen_codes[::7].tolist(), allowed[::7]):
+            assert set(row.nonzero().squeeze(1).tolist()) == warm_last[(c0, c1)]
+        seen += len(indices)
+    assert seen == len(task.unit_user)
+    batch = task._model_batch(inter.user_of(task.valid), task.valid + 1, 1, None)
+    assert not cold[batch.item].any() and len(task.valid) == 943
+
+
+def test_cold_item_segments_and_slots_are_counted_by_hand(cold_ml100k):
+    """A system whose list is the target item alone when it is cold and empty (-1) otherwise: the cold segment's
+    recall@10 is 1, the warm one's 0, one slot in ten goes to cold items and every one of them hits."""
+    from e2erec.eval.config import EvalConfig
+    from e2erec.eval.evaluate import Context, evaluate_system
+
+    _, inter, split = cold_ml100k
+    ctx = Context(inter, split, EvalConfig(bootstrap=20))
+    cold_target = inter.cold.items[ctx.items]
+
+    class Oracle:
+        name = "cold-oracle"
+
+        def recommend(self, inter, targets, k):
+            items = np.asarray(inter.item)[targets]
+            out = np.full((len(targets), k), -1)
+            out[:, 0] = np.where(inter.cold.items[items], items, -1)
+            return out
+
+        def predict_proba(self, inter, targets, items):
+            return None
+
+    r = evaluate_system(Oracle(), ctx)
+    seg = r["segments"]
+    assert seg["cold_item"]["n"] == cold_target.sum() and seg["warm_item"]["n"] == (~cold_target).sum()
+    assert seg["cold_item"]["recall@10"]["value"] == 1.0 and seg["warm_item"]["recall@10"]["value"] == 0.0
+    assert seg["long_tail_warm"]["n"] == (~cold_target & ~ctx.head[ctx.items]).sum()
+    assert r["overall"]["cold_slot_share@10"]["value"] == pytest.approx(cold_target.mean() / 10)
+    assert r["overall"]["cold_slot_hit_rate@10"]["value"] == 1.0
+    # The bootstrap resamples real people: a user's cold targets move together.
+    assert len(ctx.boot.users) == len(np.unique(inter.cold.origin[ctx.users])) <= 943
+
+
+def test_cold_items_get_semantic_ids_and_beam_search_emits_them(cold_ml100k, tmp_path):
+    """Content IDs reach items nobody trained on: every held-out item has a code tuple in the trie, and a model
+    that prefers one's codes gets it from the constrained search."""
+    from e2erec.generate.beam import constrained_beam_search
+    from e2erec.tokenizer import build_semantic_ids
+    from e2erec.tokenizer.config import TokenizerConfig
+
+    _, inter, split = cold_ml100k
+    cfg = TokenizerConfig(embedding="collaborative", collaborative_dim=16, codebook_size=16)
+    sids, metrics = build_semantic_ids(inter, split, cfg, tmp_path, progress=False)
+    assert metrics["items_without_training_events"] >= inter.cold.items.sum()
+    trie = sids.trie
+    assert trie.n_nodes(trie.n_levels) == inter.n_items
+    cold_item = int(np.flatnonzero(inter.cold.items)[0])
+    want = sids.codes[cold_item]
+
+    def step(level, prefix, state):  # log-probs that put their mass on the cold item's code at every level
+        logp = torch.full((*prefix.shape[:2], trie.codebook_sizes[level]), -10.0)
+        logp[..., int(want[level])] = 0.0
+        return logp.log_softmax(-1)
+
+    items, _ = constrained_beam_search(step, trie, 1, beam_size=4, top_k=4)
+    assert items[0, 0].item() == cold_item
