@@ -328,7 +328,7 @@ def _expand_sparse(step_fn, trie: PrefixTrie, values: NodeValues, level: int, pr
     n_groups = beams // beam_size
     device = score.device
     live_row, live_beam = state.alive.nonzero(as_tuple=True)  # row-major: by user, then beam (so by group)
-    seg, code, child = trie.real_children(level, node[live_row, live_beam])  # seg: the live beam of each pair
+    seg, code, child = trie.children[level].real_children(node[live_row, live_beam])  # seg: each pair's live beam
     row, beam = live_row[seg], live_beam[seg]
     logit = step_fn(level, prefix, BeamState(state.parent, state.alive, state.group, pairs=(row, beam, code)))
     logit = (logit[row, beam, code] if logit.dim() == 3 else logit).float()

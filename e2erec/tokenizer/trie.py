@@ -172,16 +172,6 @@ class PrefixTrie:
         beam search expands it sparsely)."""
         return isinstance(self.children[level], CompactLevel)
 
-    def real_children(self, level: int, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(row into `nodes`, code, child id) long of every real child of depth-`level` nodes (long [n], >= 0),
-        row-major (by row, then code): O(children) on a compact level, O(n x K) on a dense one."""
-        table = self.children[level]
-        if isinstance(table, CompactLevel):
-            return table.real_children(nodes)
-        child = table[nodes].long()
-        row, code = (child >= 0).nonzero(as_tuple=True)
-        return row, code, child[row, code]
-
     def items_of_leaves(self, leaves: torch.Tensor) -> torch.Tensor:
         """Leaf node ids (-1 allowed) -> item ids (-1 for -1)."""
         return torch.where(leaves >= 0, self.leaf_item[leaves.clamp_min(0)], torch.full_like(leaves, -1))
