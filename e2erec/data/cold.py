@@ -104,13 +104,14 @@ def hold_out_items(inter: Interactions, cfg: ColdItemsConfig, max_history: int) 
                           "max_history": max_history}
     meta["fingerprint"] = fingerprint("cold-items-v1", str(meta.get("fingerprint")), dataclasses.asdict(cfg),
                                       max_history)
-    raw = inter.user_raw_id
+    raw = np.asarray(inter.user_raw_id, dtype=object)[owner].astype(str)  # "<user>#cold<j>": numpy, not a loop
+    probe_ids = np.char.add(np.char.add(raw, "#cold"), np.arange(len(owner)).astype(str))
     return dataclasses.replace(
         inter,
         offsets=np.concatenate([warm_offsets, warm_offsets[-1] + probe_offsets[1:]]),
         item=item[rows], timestamp=np.asarray(inter.timestamp)[rows], feedback=np.asarray(inter.feedback)[rows],
         label=np.asarray(inter.label)[rows],
-        user_raw_id=list(raw) + [f"{raw[u]}#cold{j}" for j, u in enumerate(owner.tolist())],
+        user_raw_id=list(inter.user_raw_id) + probe_ids.tolist(),
         items=dataclasses.replace(inter.items, popularity=np.zeros(inter.n_items, np.int64)),
         meta=meta, planted=planted,
         cold=ColdHoldout(items=cold, first_probe=n_users, origin=users),

@@ -122,6 +122,21 @@ def generate(cfg: SyntheticConfig, progress: bool = True) -> RawData:
     start_time = T_START + rng.integers(0, T_SPAN, U)
     arrivals = _arrivals(cfg) if cfg.arrival_share > 0 else None
 
+    def draw_items(rng: np.random.Generator, s: np.ndarray) -> np.ndarray:
+        """One item per event under interest s: from global popularity with probability `explore`, else from the
+        cluster's items by popularity (two uniforms per event, in this order)."""
+        r = rng.random(len(s))
+        in_cluster = by_cluster[np.minimum(np.searchsorted(table, s + r, side="left"), len(table) - 1)]
+        popular = np.minimum(np.searchsorted(global_cdf, r * global_cdf[-1]), cfg.n_items - 1)
+        return np.where((rng.random(len(s)) < cfg.explore) | empty[s], popular, in_cluster)
+
+    def draw_feedback(rng: np.random.Generator, it: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(planted P(positive), rating) of each event's item under its interest."""
+        cos = np.einsum("nd,nd->n", unit_f[it], unit_c[s])
+        p = 1.0 / (1.0 + np.exp(-(3.0 * (cos - 0.5) + bias[it])))
+        pos = rng.random(len(it)) < p
+        return p, np.where(pos, 4 + (rng.random(len(it)) < 0.5), 1 + rng.integers(0, 3, len(it)))
+
     user = np.empty(E, np.int32)  # raw ids only (re-encoded by the pipeline): half the memory at 100M events
     item = np.empty(E, np.int64)
     ts = np.empty(E, np.int64)
@@ -143,22 +158,15 @@ def generate(cfg: SyntheticConfig, progress: bool = True) -> RawData:
         draw = interests[uid, pick]
         # Carry each drawn interest forward until the next switch (every user's first event switches).
         s = draw[np.maximum.accumulate(np.where(switch, np.arange(n), 0))]
-        r = rng.random(n)
-        in_cluster = by_cluster[np.minimum(np.searchsorted(table, s + r, side="left"), len(table) - 1)]
-        popular = np.minimum(np.searchsorted(global_cdf, r * global_cdf[-1]), cfg.n_items - 1)
-        it = np.where((rng.random(n) < cfg.explore) | empty[s], popular, in_cluster)
-        cos = np.einsum("nd,nd->n", unit_f[it], unit_c[s])
-        p = 1.0 / (1.0 + np.exp(-(3.0 * (cos - 0.5) + bias[it])))
-        pos = rng.random(n) < p
-        rating = np.where(pos, 4 + (rng.random(n) < 0.5), 1 + rng.integers(0, 3, n))
+        it = draw_items(rng, s)
+        p, rating = draw_feedback(rng, it, s)
         gaps = 1 + rng.exponential(86_400.0, n).astype(np.int64)
         gaps[first] = 0
         csum = np.cumsum(gaps)
         user_base = np.repeat(csum[offsets[u0:u1] - lo], lens[u0:u1])
         t = start_time[uid] + csum - user_base
         if arrivals is not None:
-            it, p, rating = _place_arrivals(arrivals, it, p, rating, s, t, cfg, table, by_cluster, global_cdf, empty,
-                                            bias, unit_f, unit_c)
+            it, p, rating = _place_arrivals(arrivals, it, p, rating, s, t, weight, draw_items, draw_feedback)
         user[lo:hi], item[lo:hi], state[lo:hi] = uid, it, s
         ts[lo:hi] = t
         feedback[lo:hi], prob[lo:hi] = rating, p
@@ -188,7 +196,7 @@ def availability(release: np.ndarray, ramp: float, items: np.ndarray, t: np.ndar
     return np.where(r == 0, 1.0, np.clip((t - r) / ramp, 0.0, 1.0))
 
 
-def _place_arrivals(arrivals, it, p, rating, s, t, cfg, table, by_cluster, global_cdf, empty, bias, unit_f, unit_c):
+def _place_arrivals(arrivals, it, p, rating, s, t, weight, draw_items, draw_feedback):
     """Rejection step of the arrivals (module docstring): each event keeps its item with probability a_i(t), else
     draws again (same interest, same explore rule) from the arrivals' stream; a redrawn event's feedback is drawn
     again for its new item."""
@@ -200,20 +208,14 @@ def _place_arrivals(arrivals, it, p, rating, s, t, cfg, table, by_cluster, globa
         idx = np.flatnonzero(redo)
         if len(idx) == 0:
             break
-        r = rng.random(len(idx))
-        in_cluster = by_cluster[np.minimum(np.searchsorted(table, s[idx] + r, side="left"), len(table) - 1)]
-        popular = np.minimum(np.searchsorted(global_cdf, r * global_cdf[-1]), cfg.n_items - 1)
-        it[idx] = np.where((rng.random(len(idx)) < cfg.explore) | empty[s[idx]], popular, in_cluster)
+        it[idx] = draw_items(rng, s[idx])
         redo[idx] = availability(release, ramp, it[idx], t[idx]) <= rng.random(len(idx))
     if redo.any():  # rare (a cluster of mostly unreleased items): the most popular item there from the start
         from_start = np.flatnonzero(release == 0)
-        it[redo] = from_start[np.argmax(np.diff(np.concatenate([[0.0], global_cdf]))[from_start])]
+        it[redo] = from_start[np.argmax(weight[from_start])]
     idx = np.flatnonzero(moved)
-    cos = np.einsum("nd,nd->n", unit_f[it[idx]], unit_c[s[idx]])
     p, rating = p.copy(), rating.copy()
-    p[idx] = 1.0 / (1.0 + np.exp(-(3.0 * (cos - 0.5) + bias[it[idx]])))
-    pos = rng.random(len(idx)) < p[idx]
-    rating[idx] = np.where(pos, 4 + (rng.random(len(idx)) < 0.5), 1 + rng.integers(0, 3, len(idx)))
+    p[idx], rating[idx] = draw_feedback(rng, it[idx], s[idx])
     return it, p, rating
 
 
@@ -263,12 +265,13 @@ def _with_arrivals(inter: Interactions, targets: np.ndarray, pz: np.ndarray, w: 
     wa = a * w[None, :]
     onehot = np.zeros((len(w), len(wk)))
     onehot[np.arange(len(w)), z] = 1.0
-    total, by_k = 1.0, wk  # W = 1: item_weight is normalised over every generated item
-    s_all = wa.sum(1) + (total - w.sum())  # (T,)
+    # W = 1: item_weight is normalised over every generated item, so W - w.sum() is the dropped items' weight.
+    s_all = wa.sum(1) + (1.0 - w.sum())  # (T,)
     s_k = wa @ onehot + (wk - np.bincount(z, weights=w, minlength=len(wk)))[None, :]  # (T, K)
-    zk = explore * s_all[:, None] / total + (1 - explore) * s_k / np.maximum(by_k, 1e-300)[None, :]
-    glob = explore / total * (pz / zk).sum(1)  # (T,)
-    own = (1 - explore) * pz / (np.maximum(by_k, 1e-300)[None, :] * zk)  # (T, K)
+    w_k = np.maximum(wk, 1e-300)[None, :]
+    zk = explore * s_all[:, None] + (1 - explore) * s_k / w_k
+    glob = explore * (pz / zk).sum(1)  # (T,)
+    own = (1 - explore) * pz / (w_k * zk)  # (T, K)
     return wa * (glob[:, None] + own[:, z])
 
 

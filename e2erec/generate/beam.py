@@ -25,7 +25,7 @@ import torch
 
 from e2erec.errors import DataError
 from e2erec.generate.config import SteeringConfig
-from e2erec.tokenizer.trie import PrefixTrie
+from e2erec.tokenizer.trie import PrefixTrie, segments
 
 NEG_INF = float("-inf")
 
@@ -155,8 +155,8 @@ class NodeValues:
         first = row * n + start[node[row, beam]]
         lo = torch.searchsorted(keys, first)
         hits = torch.searchsorted(keys, first + count[node[row, beam]]) - lo
-        which = torch.repeat_interleave(torch.arange(row.numel(), device=keys.device), hits)
-        at = lo[which] + torch.arange(which.numel(), device=keys.device) - (torch.cumsum(hits, 0) - hits)[which]
+        which, offset = segments(hits)
+        at = lo[which] + offset
         value[row[which], beam[which], code[keys[at] % n]] = self.override[depth - 1][group[beam[which]], at]
         return value
 
@@ -192,8 +192,7 @@ class NodeValues:
                 values.scatter_reduce_(1, at.expand(n_groups, -1), below_value, reduce="amax")
                 user, node = keys // n, keys % n
                 tries = torch.minimum(torch.bincount(at, minlength=keys.numel()) + 1, count[node])
-                key = torch.repeat_interleave(torch.arange(keys.numel(), device=keys.device), tries)
-                rank = torch.arange(key.numel(), device=keys.device) - (torch.cumsum(tries, 0) - tries)[key]
+                key, rank = segments(tries)
                 for g, ranked in enumerate(self._ranked(depth + 1)):
                     child = ranked[start[node[key]] + rank]
                     query = user[key] * n_below + child

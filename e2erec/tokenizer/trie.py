@@ -23,6 +23,13 @@ from __future__ import annotations
 import torch
 
 
+def segments(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten segments of `counts` (long [n]) entries: (segment, position within it), long [counts.sum()] each.
+    Example: counts [2, 0, 3] -> ([0, 0, 2, 2, 2], [0, 1, 0, 1, 2])."""
+    seg = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+    return seg, torch.arange(seg.numel(), device=counts.device) - (torch.cumsum(counts, 0) - counts)[seg]
+
+
 class CompactLevel:
     """Children of a level where node n's codes are 0..count[n]-1 and its children are start[n] + code; indexes like
     the dense int32 table it replaces (`level[nodes]` -> rows [..., K], `level[nodes, codes]` -> ids)."""
@@ -45,9 +52,7 @@ class CompactLevel:
 
     def real_children(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row into `nodes`, code, child id) long of every real child of `nodes` (long [n], >= 0), row-major."""
-        count = self.count[nodes].long()
-        row = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), count)
-        code = torch.arange(row.numel(), device=nodes.device) - (torch.cumsum(count, 0) - count)[row]
+        row, code = segments(self.count[nodes].long())
         return row, code, self.start[nodes].long()[row] + code
 
     def tolist(self) -> list[list[int]]:
@@ -70,7 +75,7 @@ class PrefixTrie:
         # Values derived per node and reused by every search over this trie (e2erec.generate.beam memoises its
         # user-independent steering values here).
         self.memo: dict = {}
-        self._blocks: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._blocks: dict[int, tuple[torch.Tensor, ...]] = {}  # child_blocks, per depth
 
     @classmethod
     def build_subset(cls, codes: torch.Tensor, codebook_sizes: list[int], keep: torch.Tensor) -> PrefixTrie:
