@@ -117,6 +117,42 @@ def test_the_evaluating_commands_settings_reach_the_export(tiny_run, ml100k):
         assert (items >= 0).all() and all("Comedy" in inter.items.categories[i] for i in items.ravel())
 
 
+def test_the_export_ranks_among_the_items_it_is_given(tiny_run, ml100k):
+    """What the evaluation's exploration asks every system for (`recommend(..., among=long tail)`): e2erec's search
+    restricted to those items, and its steered list the main list with them in the reserved slots."""
+    import dataclasses
+
+    import torch
+
+    from e2erec.config import load_run_config
+    from e2erec.eval.metrics import head_items
+    from e2erec.generate.explore import interleave
+    from e2erec.generate.system import GenerativeSystem
+
+    run_dir, _ = tiny_run
+    settings = load_run_config(None, ["generate.beam_size=20", "eval.top_k=20", "eval.ks=[1,5,10,20]"])
+    system, inter = GenerativeSystem.from_export(run_dir / "export", ml100k, settings)
+    from e2erec.data import make_split
+
+    make_split(inter, system.cfg.data)  # training popularity, which the long tail is cut from
+    tail = ~head_items(inter.items.popularity, settings.eval.long_tail_share)
+    targets = np.asarray(inter.offsets[1:6]) - 1
+    among = system.recommend(inter, targets, 10, among=tail)
+    assert (among >= 0).all() and tail[among].all()
+    main = system.recommend(inter, targets, 20)
+    steering = dataclasses.replace(settings.generate.steering, explore_share=0.3)
+    steered, _ = system.generate(inter, targets, 10, steering=steering)
+    col, _ = interleave(torch.from_numpy(main), torch.from_numpy(among), 10, 0.3)
+    assert np.array_equal(steered, np.concatenate([main, among], 1)[np.arange(5)[:, None], col.numpy()])
+    # The joint order re-orders each list on its own: the reserved slots still hold long-tail items.
+    from e2erec.generate.explore import explore_slots
+
+    joint = GenerativeSystem(system.model, system.sids, system.cfg, rank_by="joint")
+    items, scores = joint.generate(inter, targets, 10, steering=steering)
+    assert (items >= 0).all() and tail[items[:, explore_slots(10, 0.3).numpy()]].all()
+    assert all(len(set(row)) == 10 for row in items.tolist())
+
+
 @pytest.mark.slow
 def test_generate_respects_steering_on_real_items(tiny_run, ml100k):
     run_dir, _ = tiny_run

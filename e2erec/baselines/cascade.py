@@ -51,6 +51,7 @@ from e2erec.eval.metrics import log_loss
 from e2erec.eval.protocol import (
     FitContext,
     item_feedback_counts,
+    keep_only,
     mask_history,
     padded_histories,
     target_chunks,
@@ -261,14 +262,17 @@ class Cascade:
         logits = u @ self.retrieval.items.all_items().T  # (n, n_items)
         return torch.log_softmax(logits.double(), dim=-1).numpy()
 
-    def _candidates(self, inter: Interactions, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(candidate ids [n, N] with -1 padding, their retrieval log-probabilities [n, N])."""
-        lp = mask_history(self._retrieval_log_probs(inter, targets), inter, targets)
+    def _candidates(self, inter: Interactions, targets: np.ndarray,
+                    among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate ids [n, N] with -1 padding, their retrieval log-probabilities [n, N]); `among`: retrieve only
+        those items."""
+        lp = keep_only(mask_history(self._retrieval_log_probs(inter, targets), inter, targets), among)
         cand = top_k(lp, self.n_candidates)
         return cand, np.where(cand >= 0, np.take_along_axis(lp, np.maximum(cand, 0), axis=1), -np.inf)
 
     @torch.no_grad()
-    def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int,
+                  among: np.ndarray | None = None) -> np.ndarray:
         if self.ranker is None:
             raise RuntimeError(f"{type(self).__name__}.recommend called before fit")
         self.retrieval.eval()
@@ -276,7 +280,7 @@ class Cascade:
         out = []
         chunks = list(target_chunks(np.asarray(targets), inter.n_items, cap=256))
         for t in tqdm(chunks, desc=f"{self.name} recommend", leave=False, disable=None):
-            cand, retrieval_lp = self._candidates(inter, t)
+            cand, retrieval_lp = self._candidates(inter, t, among)
             p = self._proba(inter, t, np.maximum(cand, 0))
             score = np.where(cand >= 0, retrieval_lp + np.log(np.maximum(p, 1e-12)), -np.inf)
             out.append(top_k(score, k, ids=cand))
@@ -308,14 +312,16 @@ class PluginCascade(Cascade):
     ALPHAS = (1.0, 0.9, 0.7, 0.5, 0.3)  # two-tower weight in the channel mixture; 1.0 = semantic adds candidates only
     TAUS = (0.05, 0.1, 0.2)  # softmax temperatures of the cosine channel
 
-    def _channels(self, inter: Interactions, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(union of both channels' candidates [n, N + M] with -1 for duplicates, two-tower log-probs, cosines)."""
-        lp_tt = mask_history(self._retrieval_log_probs(inter, targets), inter, targets)
+    def _channels(self, inter: Interactions, targets: np.ndarray,
+                  among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(union of both channels' candidates [n, N + M] with -1 for duplicates, two-tower log-probs, cosines);
+        `among`: both channels retrieve only those items."""
+        lp_tt = keep_only(mask_history(self._retrieval_log_probs(inter, targets), inter, targets), among)
         hist, _, _ = padded_histories(inter, targets, self.max_len)
         text = self._text_unit
         user = np.where((hist >= 0)[..., None], text[np.maximum(hist, 0)], 0.0).sum(1)  # (n, d)
         user /= np.maximum(np.linalg.norm(user, axis=1, keepdims=True), 1e-12)
-        cos = mask_history(user @ text.T, inter, targets)  # (n, n_items)
+        cos = keep_only(mask_history(user @ text.T, inter, targets), among)  # (n, n_items)
         cand = np.concatenate([top_k(lp_tt, self.n_candidates), top_k(cos, self.n_semantic)], axis=1)
         cand = np.sort(cand, axis=1)
         cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # a candidate found by both channels counts once
@@ -331,8 +337,9 @@ class PluginCascade(Cascade):
             mix = np.logaddexp(mix, np.log1p(-alpha) + np.take_along_axis(lp_sem, idx, axis=1))
         return np.where(cand >= 0, mix, -np.inf)
 
-    def _candidates(self, inter: Interactions, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        cand, lp_tt, cos = self._channels(inter, targets)
+    def _candidates(self, inter: Interactions, targets: np.ndarray,
+                    among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        cand, lp_tt, cos = self._channels(inter, targets, among)
         return cand, self._mixture(cand, lp_tt, cos, self.alpha, self.tau)
 
     @torch.no_grad()

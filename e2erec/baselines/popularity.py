@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from e2erec.data.types import Interactions, Split
-from e2erec.eval.protocol import FitContext, mask_history, target_chunks, top_k, training_targets
+from e2erec.eval.protocol import FitContext, keep_only, mask_history, target_chunks, top_k, training_targets
 
 
 class Popularity:
@@ -20,10 +20,11 @@ class Popularity:
         rows = training_targets(inter, split, min_history=0)  # every training event
         self.counts = np.bincount(inter.item[rows], minlength=inter.n_items).astype(np.float64)
 
-    def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int,
+                  among: np.ndarray | None = None) -> np.ndarray:
         if self.counts is None:
             raise RuntimeError("Popularity.recommend called before fit")
-        out = [top_k(mask_history(np.tile(self.counts, (len(t), 1)), inter, t), k)  # (chunk, n_items) at a time
+        out = [top_k(keep_only(mask_history(np.tile(self.counts, (len(t), 1)), inter, t), among), k)  # a chunk at a time
                for t in target_chunks(np.asarray(targets), inter.n_items)]
         return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 

@@ -25,7 +25,7 @@ from e2erec.baselines.common import (
 )
 from e2erec.data.jagged import newest_first_windows
 from e2erec.data.types import Interactions, Split
-from e2erec.eval.protocol import FitContext, mask_history, padded_histories, target_chunks, top_k
+from e2erec.eval.protocol import FitContext, keep_only, mask_history, padded_histories, target_chunks, top_k
 
 
 class SASRecNet(nn.Module):
@@ -126,7 +126,8 @@ class SASRec:
                               int((targets >= 0).sum()), "next-item target (one window position)")
 
     @torch.no_grad()
-    def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int,
+                  among: np.ndarray | None = None) -> np.ndarray:
         if self.net is None:
             raise RuntimeError("SASRec.recommend called before fit")
         self.net.eval()
@@ -134,7 +135,7 @@ class SASRec:
         for t in target_chunks(np.asarray(targets), inter.n_items, cap=1024):
             hist, _, _ = padded_histories(inter, t, self.net.max_len)
             scores = self.net.scores(torch.from_numpy(hist)).numpy().astype(np.float64)
-            out.append(top_k(mask_history(scores, inter, t), k))
+            out.append(top_k(keep_only(mask_history(scores, inter, t), among), k))
         return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
     def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> None:

@@ -32,10 +32,15 @@ __all__ = [
 
 def load_dataset(cfg: DataConfig, *, progress: bool = True) -> Interactions:
     """Prepare the dataset `cfg` names (or reuse its cache) and return it with memory-mapped arrays; under the
-    cold-item protocol (`cfg.cold_items`), rewritten by `e2erec.data.cold.hold_out_items` (in memory)."""
+    cold-start protocols (`cfg.cold_items`, `cfg.new_users`), rewritten or marked by `e2erec.data.cold` (in
+    memory)."""
     inter = open_prepared(prepare(cfg, progress=progress))
     if cfg.cold_items.active:
         from e2erec.data.cold import hold_out_items
 
         inter = hold_out_items(inter, cfg.cold_items, cfg.max_seq_len)
+    if cfg.new_users.active:
+        from e2erec.data.cold import hold_out_users
+
+        inter = hold_out_users(inter, cfg.new_users)
     return inter

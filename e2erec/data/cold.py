@@ -1,4 +1,6 @@
-"""The cold-item protocol: items held out of every training and validation input, each of their events a test target.
+"""Cold-start protocols: items, or users, held out of every training and validation input.
+
+**Cold items** (`hold_out_items`): held-out items, each of their events a test target.
 
 A random share of the catalogue (`data.cold_items.share`), or the items first seen after a time cut-off
 (`data.cold_items.after`), is held out. The log is rewritten so that the usual machinery (contiguous histories,
@@ -17,6 +19,12 @@ dozen. Cost: O(events + cold events x max_seq_len), all vectorised.
 `Interactions.cold` records the held-out items and, for every probe user, the real user it was cut from (the
 bootstrap resamples real users, so a user's cold targets stay together). The dataset fingerprint changes with the
 protocol, so semantic IDs and exports trained under it are told apart from the plain ones.
+
+**New users** (`hold_out_users`): a seeded random share of the real users (`data.new_users.share`) trains nothing
+and validates nothing; each is evaluated at every k of `data.new_users.ks`, its event k + 1 predicted from its first
+k events (`make_split` makes those the test targets). Truncating the histories of users the models trained on
+instead would leak: their event k + 1 was a training target of every system, memorised from that very history.
+The log is unchanged; `Interactions.new_users` records who is held out, and the fingerprint changes with it.
 """
 
 from __future__ import annotations
@@ -25,8 +33,8 @@ import dataclasses
 
 import numpy as np
 
-from e2erec.data.config import ColdItemsConfig
-from e2erec.data.types import ColdHoldout, Interactions
+from e2erec.data.config import ColdItemsConfig, NewUsersConfig
+from e2erec.data.types import ColdHoldout, Interactions, NewUserHoldout
 from e2erec.errors import DataError
 from e2erec.utils.io import fingerprint
 
@@ -116,3 +124,23 @@ def hold_out_items(inter: Interactions, cfg: ColdItemsConfig, max_history: int) 
         meta=meta, planted=planted,
         cold=ColdHoldout(items=cold, first_probe=n_users, origin=users),
     )
+
+
+def hold_out_users(inter: Interactions, cfg: NewUsersConfig) -> Interactions:
+    """`inter` with a seeded random round(share x real users) of its real users (not probe users) marked new
+    (module docstring); only users with at least 2 events, so each has one target at least. Raises DataError when
+    no such user is left to hold out, or every one would be."""
+    real = inter.n_users if inter.cold is None else inter.cold.first_probe
+    lens = inter.lengths()[:real]
+    eligible = np.flatnonzero(lens >= 2)
+    n_new = round(cfg.share * real)
+    if n_new == 0 or n_new >= len(eligible):
+        raise DataError(f"data.new_users.share={cfg.share} holds out {n_new} of the {len(eligible)} users with 2 or "
+                        f"more events: the protocol needs some new users and some to train on")
+    new = np.zeros(inter.n_users, bool)
+    new[np.random.default_rng(cfg.seed).choice(eligible, size=n_new, replace=False)] = True
+    meta = dict(inter.meta)
+    meta["new_users"] = {"protocol": dataclasses.asdict(cfg), "n_users": n_new,
+                         "n_targets": {f"k{k}": int((lens[new[:real]] > k).sum()) for k in cfg.ks}}
+    meta["fingerprint"] = fingerprint("new-users-v1", str(meta.get("fingerprint")), dataclasses.asdict(cfg))
+    return dataclasses.replace(inter, meta=meta, new_users=NewUserHoldout(users=new, ks=tuple(cfg.ks)))

@@ -83,6 +83,26 @@ class ColdItemsConfig:
 
 
 @dataclass
+class NewUsersConfig:
+    """The new-user protocol (e2erec.data.cold): a share of the users is held out of every training and validation
+    input; each is evaluated from its first k events alone, predicting event k + 1, for every k in `ks`."""
+
+    share: float = 0.0  # a seeded random share of the users (0 = off)
+    ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
+    seed: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.share > 0
+
+    def validate(self) -> None:
+        if not 0 <= self.share < 1:
+            raise ValueError(f"new_users.share must be in [0, 1), got {self.share}")
+        if not self.ks or min(self.ks) < 1 or sorted(set(self.ks)) != list(self.ks):
+            raise ValueError(f"new_users.ks must be distinct history lengths >= 1 in ascending order, got {self.ks}")
+
+
+@dataclass
 class DataConfig:
     name: str = "ml-100k"  # a registered dataset (ml-100k, ml-1m, ml-20m, synthetic) or a path
     source: Literal["auto", "movielens", "recbole", "amazon", "tabular", "synthetic"] = "auto"
@@ -101,6 +121,7 @@ class DataConfig:
     temporal_test_frac: float = 0.1
     max_seq_len: int = 200  # events per history; truncation keeps the most recent
     cold_items: ColdItemsConfig = field(default_factory=ColdItemsConfig)
+    new_users: NewUsersConfig = field(default_factory=NewUsersConfig)
 
     def validate(self) -> None:
         if self.max_seq_len < 1:

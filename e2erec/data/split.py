@@ -60,6 +60,23 @@ def _with_probes(inter: Interactions, split: Split) -> Split:
                  np.concatenate([split.test[split.test < probe_row], cold_targets]).astype(np.int64))
 
 
+def _with_new_users(inter: Interactions, split: Split) -> Split:
+    """Under the new-user protocol (e2erec.data.cold): new users train nothing and validate nothing; their test
+    targets are their events k (0-based, so k events of history before each) for every k of the protocol that their
+    history reaches, after every other target."""
+    new = inter.new_users.users
+    offsets = np.asarray(inter.offsets)
+    train_end = np.where(new, offsets[:-1], split.train_end)
+    users = np.flatnonzero(new)
+    lens = np.diff(offsets)[users]
+    ks = np.asarray(inter.new_users.ks, np.int64)
+    reach = lens[:, None] > ks[None, :]  # (new users, ks): the user has an event k (its k + 1-th)
+    targets = (offsets[users][:, None] + ks[None, :])[reach]
+    valid = split.valid[~new[inter.user_of(split.valid)]]
+    test = split.test[~new[inter.user_of(split.test)]]
+    return Split(split.protocol, train_end.astype(np.int64), valid, np.concatenate([test, targets]).astype(np.int64))
+
+
 def training_mask(inter: Interactions, split: Split) -> np.ndarray:
     """bool [n_events]: True for the rows `offsets[u]:train_end[u]`."""
     lens = inter.lengths()
@@ -76,6 +93,8 @@ def make_split(inter: Interactions, cfg: DataConfig) -> Split:
         split = temporal(inter, cfg.temporal_valid_frac, cfg.temporal_test_frac)
     if inter.cold is not None:
         split = _with_probes(inter, split)
+    if inter.new_users is not None:
+        split = _with_new_users(inter, split)
     train_items = np.asarray(inter.item)[training_mask(inter, split)]
     inter.items.popularity = np.bincount(train_items, minlength=inter.n_items).astype(np.int64)
     return split

@@ -44,6 +44,15 @@ class ColdHoldout:
 
 
 @dataclass
+class NewUserHoldout:
+    """The new-user protocol's record (e2erec.data.cold): users held out of training and validation, and the
+    history lengths k at which each is evaluated (its event k + 1 predicted from its first k events)."""
+
+    users: np.ndarray  # bool [n_users], True = a new user (never a probe user)
+    ks: tuple[int, ...]
+
+
+@dataclass
 class Interactions:
     """All events of a dataset, grouped by user and ordered by time (stable on ties)."""
 
@@ -63,6 +72,7 @@ class Interactions:
     #   `planted_next_item_probs(inter, targets)` gives the Bayes-optimal next-item ranking for target events.
     planted: dict[str, np.ndarray] = field(default_factory=dict)
     cold: ColdHoldout | None = None  # set under the cold-item protocol (data.cold_items)
+    new_users: NewUserHoldout | None = None  # set under the new-user protocol (data.new_users)
 
     @property
     def n_users(self) -> int:

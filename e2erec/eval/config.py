@@ -19,6 +19,9 @@ class EvalConfig:
     ece_bins: int = 15
     long_tail_share: float = 0.8  # items outside the top 20% by popularity are long tail
     short_history: int = 5  # users with <= this many training events form the cold segment
+    # Exploration efficiency (e2erec/eval/exploration.py): each system's top-10 with these shares of its slots given
+    # to its own best long-tail items, against rolling dice and the cascades (empty = not measured).
+    explore_shares: list[float] = field(default_factory=list)
     # The protocol's early-stopping rule (e2erec/eval/stopping.py), the same for every system of a report: stop after
     # `patience` validation evaluations without a better score (an epoch for the baselines, train.eval_every steps
     # for the end-to-end model), at `baseline_epochs` epochs, or when the time budget is spent.
@@ -42,6 +45,12 @@ class EvalConfig:
             raise ValueError(f"long_tail_share must be in (0, 1), got {self.long_tail_share}")
         if self.ece_bins < 1 or self.bootstrap < 0 or self.baseline_epochs < 1 or self.patience < 1:
             raise ValueError("ece_bins, baseline_epochs and patience must be >= 1 and bootstrap >= 0")
+        if any(not 0 < s < 1 for s in self.explore_shares) or sorted(set(self.explore_shares)) != list(
+                self.explore_shares):
+            raise ValueError(f"explore_shares must be distinct shares in (0, 1) in ascending order, got "
+                             f"{self.explore_shares}")
+        if self.explore_shares and min(self.explore_shares) < 0.1:
+            raise ValueError(f"explore_shares: {min(self.explore_shares)} reserves no slot of a top-10 (>= 0.1)")
         name, _, cut = self.select_metric.partition("@")
         if name not in ("ndcg", "hr", "recall", "mrr") or (cut and not cut.isdigit()):
             raise ValueError(f"select_metric must look like 'ndcg@10', 'hr@10' or 'mrr', got {self.select_metric!r}")

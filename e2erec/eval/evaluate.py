@@ -14,15 +14,34 @@ import numpy as np
 from e2erec.data.types import Interactions, Split
 from e2erec.eval import metrics as M
 from e2erec.eval.config import EvalConfig
+from e2erec.eval.exploration import ExplorationTargets, evaluate_exploration
 from e2erec.eval.protocol import Recommender, mask_history, target_chunks, target_users, top_k
 
 HISTORY_BUCKETS = (1, 6, 11, 21, 51, 101, 201)  # lower edges of the history-length buckets (events before target)
+AGE_BUCKETS_DAYS = (0, 7, 30, 90, 180, 365)  # lower edges of the item-age buckets (days since the item's release)
 HEADLINE = "ndcg@10"
 
 
 def history_bucket_labels() -> list[str]:
     edges = list(HISTORY_BUCKETS)
     return [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)] + [f">={edges[-1]}"]
+
+
+def age_bucket_labels() -> list[str]:
+    edges = list(AGE_BUCKETS_DAYS)
+    return [f"{lo}-{hi}d" for lo, hi in itertools.pairwise(edges)] + [f">={edges[-1]}d"]
+
+
+def item_release(inter: Interactions) -> np.ndarray:
+    """int64 [n_items] release time of every item: the synthetic generator's planted release where it has one
+    (0, there from the start, counts from the log's first event), else the item's first event in the whole log
+    (held-out events included: a release date is not a training signal)."""
+    ts = np.asarray(inter.timestamp)
+    if "item_release" in inter.planted:
+        return np.maximum(np.asarray(inter.planted["item_release"], np.int64), ts.min())
+    first = np.full(inter.n_items, ts.max(), np.int64)
+    np.minimum.at(first, np.asarray(inter.item), ts)
+    return first
 
 
 class Context:
@@ -49,14 +68,22 @@ class Context:
             f"short_history (<= {cfg.short_history} training events)": train_len <= cfg.short_history,
             "long_tail_target (test item outside the head)": ~self.head[self.items],
         }
+        new_user = (np.zeros(len(self.targets), bool) if inter.new_users is None else
+                    inter.new_users.users[self.users])
         if inter.cold is not None:  # the cold-item protocol: held-out items, never in any training input
+            # Warm and long-tail warm: the known users' targets, comparable with a run without new users.
             cold = inter.cold.items[self.items]
-            self.segments.update({"cold_item": cold, "warm_item": ~cold,
-                                  "long_tail_warm": ~cold & ~self.head[self.items]})
+            self.segments.update({"cold_item": cold, "warm_item": ~cold & ~new_user,
+                                  "long_tail_warm": ~cold & ~new_user & ~self.head[self.items]})
+        if inter.new_users is not None:  # the new-user protocol: held-out users, from their first k events
+            self.segments.update({f"new_user_k{k}": new_user & (self.history_len == k) for k in inter.new_users.ks})
         self.bucket = np.searchsorted(np.array(HISTORY_BUCKETS), self.history_len, side="right") - 1
+        age_days = (np.asarray(inter.timestamp)[self.targets] - item_release(inter)[self.items]) / 86_400
+        self.age_bucket = np.searchsorted(np.array(AGE_BUCKETS_DAYS), np.maximum(age_days, 0), side="right") - 1
         self.boot = M.UserBootstrap(self.people, cfg.bootstrap, cfg.seed) if cfg.bootstrap > 0 else None
         self.k = max(cfg.top_k, max(cfg.ks))
         self.planted_top = self._planted_top(10)
+        self.exploration = ExplorationTargets(self) if cfg.explore_shares else None
 
     def _planted_top(self, k: int) -> np.ndarray | None:
         """Top-k items of the planted Bayes-optimal next-item distribution (synthetic data only), history excluded."""
@@ -83,6 +110,7 @@ class Context:
             "head_items": int(self.head.sum()),
             "planted": self.planted_top is not None,
             **({"cold_items": self.inter.meta["cold_items"]} if self.inter.cold is not None else {}),
+            **({"new_users": self.inter.meta["new_users"]} if self.inter.new_users is not None else {}),
         }
 
 
@@ -123,12 +151,9 @@ def evaluate_system(system: Recommender, ctx: Context) -> dict:
     overall["coverage"] = {"value": M.coverage(recs, ctx.inter.n_items), "lo": float("nan"), "hi": float("nan")}
     segments = {name: {"n": int(mask.sum()), **_ranking_block(per_event, mask, ctx.boot)}
                 for name, mask in ctx.segments.items()}
-    by_length = {"buckets": history_bucket_labels(), "n": [], "hr@10": [], HEADLINE: []}
-    for b in range(len(HISTORY_BUCKETS)):
-        m = ctx.bucket == b
-        by_length["n"].append(int(m.sum()))
-        by_length["hr@10"].append(float(M.hit_rate(ranks[m], 10).mean()) if m.any() else float("nan"))
-        by_length[HEADLINE].append(float(M.ndcg(ranks[m], 10).mean()) if m.any() else float("nan"))
+    by_length = _by_bucket(ranks, ctx.bucket, history_bucket_labels())
+    by_age = _by_bucket(ranks, ctx.age_bucket, age_bucket_labels())
+    exploration, explore_samples = evaluate_exploration(system, ctx, recs)
 
     t0 = time.perf_counter()
     proba = system.predict_proba(ctx.inter, ctx.targets, ctx.items)
@@ -141,6 +166,12 @@ def evaluate_system(system: Recommender, ctx: Context) -> dict:
         samples = M.calibration_samples(proba, ctx.labels, cfg.ece_bins, ctx.boot)
         calibration = M.calibration_metrics(proba, ctx.labels, ctx.people, cfg.ece_bins, ctx.boot, samples)
         reliability = M.reliability(proba, ctx.labels, cfg.ece_bins)
+        # Per segment too (a cold item's probability has no item statistics behind it): LogLoss is a mean of
+        # per-event losses, so its interval comes from the same resamples.
+        p = np.clip(proba, M.EPS, 1 - M.EPS)
+        loss = -(ctx.labels * np.log(p) + (1 - ctx.labels) * np.log(1 - p))
+        for name, mask in ctx.segments.items():
+            segments[name]["logloss"] = M.mean_with_ci(loss[mask], None if ctx.boot is None else ctx.boot.subset(mask))
     fit_log = getattr(system, "fit_log", None)
     if fit_log is not None and hasattr(fit_log, "to_dict"):
         fit_log = fit_log.to_dict()
@@ -151,13 +182,27 @@ def evaluate_system(system: Recommender, ctx: Context) -> dict:
         "reliability": reliability,
         "segments": segments,
         "by_history_length": by_length,
+        "by_item_age": by_age,
+        "exploration": exploration,
         "fit_log": fit_log,
         "seconds": {"recommend": rec_seconds, "predict_proba": proba_seconds},
         "_per_event": per_event,  # kept in memory for paired comparisons; dropped from the JSON
         "_calib_samples": samples,  # likewise
         "_recs": recs,  # the lists, for --predictions; likewise
         "_proba": proba,
+        "_explore": explore_samples,
     }
+
+
+def _by_bucket(ranks: np.ndarray, bucket: np.ndarray, labels: list[str]) -> dict:
+    """HR@10 (= Recall@10) and NDCG@10 of the targets in each bucket, with their counts."""
+    out = {"buckets": labels, "n": [], "hr@10": [], HEADLINE: []}
+    for b in range(len(labels)):
+        m = bucket == b
+        out["n"].append(int(m.sum()))
+        out["hr@10"].append(float(M.hit_rate(ranks[m], 10).mean()) if m.any() else float("nan"))
+        out[HEADLINE].append(float(M.ndcg(ranks[m], 10).mean()) if m.any() else float("nan"))
+    return out
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, boot: M.UserBootstrap | None) -> dict[str, float]:

@@ -56,8 +56,10 @@ class Recommender(Protocol):
     def fit(self, inter: Interactions, split: Split, ctx: FitContext) -> None:
         """Train on the split's training events; early-stop on `split.valid` under `ctx.protocol`'s rule."""
 
-    def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
-        """[n_targets, k] item ids for each target's history, excluding items already in that history."""
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int,
+                  among: np.ndarray | None = None) -> np.ndarray:
+        """[n_targets, k] item ids for each target's history, excluding items already in that history; `among`
+        (bool [n_items]): rank only those items (the evaluation's exploration asks for the long tail)."""
 
     def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> np.ndarray | None:
         """P(positive feedback) of each target's history with `items[j]`; None without a calibrated head."""
@@ -74,9 +76,11 @@ class ShardedScoring:
     def __getattr__(self, name: str):
         return getattr(self.system, name)
 
-    def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int,
+                  among: np.ndarray | None = None) -> np.ndarray:
         targets = np.asarray(targets)
-        return sharded_rows(lambda lo, hi: np.asarray(self.system.recommend(inter, targets[lo:hi], k)), len(targets))
+        return sharded_rows(lambda lo, hi: np.asarray(self.system.recommend(inter, targets[lo:hi], k, among=among)),
+                            len(targets))
 
     def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> np.ndarray | None:
         targets, items = np.asarray(targets), np.asarray(items)
@@ -145,6 +149,14 @@ def mask_history(scores: np.ndarray, inter: Interactions, targets: np.ndarray) -
     """Set the scores [n_targets, n_items] of items already in each target's history to -inf, in place."""
     rows, items = history_csr(inter, targets)
     scores[rows, items] = -np.inf
+    return scores
+
+
+def keep_only(scores: np.ndarray, among: np.ndarray | None) -> np.ndarray:
+    """Set the scores [n_targets, n_items] of items outside `among` (bool [n_items]; None: all kept) to -inf, in
+    place."""
+    if among is not None:
+        scores[:, ~np.asarray(among, bool)] = -np.inf
     return scores
 
 

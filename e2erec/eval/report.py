@@ -25,6 +25,7 @@ from e2erec.eval.evaluate import (
     paired_calibration_difference,
     paired_difference,
 )
+from e2erec.eval.exploration import add_cascade_references
 from e2erec.eval.protocol import Recommender
 from e2erec.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -53,10 +54,11 @@ def evaluate_systems(
     ctx = Context(inter, split, cfg)
     results = [evaluate_system(s, ctx) for s in tqdm(systems, desc="evaluate", disable=not progress)]
     comparisons = _comparisons(results, ctx)
+    add_cascade_references(results)
     if predictions is not None and out_dir is not None:
         write_test_predictions(predictions, results, ctx)
     for r in results:
-        for key in ("_per_event", "_calib_samples", "_recs", "_proba"):
+        for key in ("_per_event", "_calib_samples", "_recs", "_proba", "_explore"):
             r.pop(key)
     report = {"dataset": inter.meta.get("name", ""), "setup": ctx.summary(), "systems": results,
               "comparisons": comparisons, "ks": list(cfg.ks), "ece_bins": cfg.ece_bins}
@@ -68,6 +70,9 @@ def evaluate_systems(
         "reliability.png": _plot_reliability(results),
         "history_length.png": _plot_history(results),
         "training.png": _plot_training(results),
+        "item_age.png": _plot_item_age(results),
+        "new_users.png": _plot_new_users(results),
+        "exploration.png": _plot_exploration(results),
     }
     for name, png in plots.items():
         if png is not None:
@@ -209,12 +214,17 @@ def render_markdown(report: dict) -> str:
                    f"test target predicted from its user's warm history before it ({c['dropped_without_history']} "
                    "with no such history left out). ID-based baselines (SASRec, the two-tower retriever and DIN "
                    "ranker) have no trained embedding for these items and Popularity gives them none of its "
-                   "counts: nothing special-cases them. e2erec reaches them through their content semantic IDs."),
+                   "counts: nothing special-cases them. e2erec reaches them through their content semantic IDs (the "
+                   "hybrid embedding's collaborative half of an item without training events is predicted from its "
+                   "text, `tokenizer.cold_collaborative`), and its calibration head's item rate falls back to its "
+                   "prior (`model.prior_prefix_levels`: the rate of its code prefix, else the base rate)."),
                   ""]
         lines += _table(["system", "cold share of top-10 slots", "hit rate of those slots (slots)"],
                         [[r["name"], _fmt(r["overall"]["cold_slot_share@10"]),
                           f"{r['overall']['cold_slot_hit_rate@10']['value']:.4f} "
                           f"({r['overall']['cold_slot_hit_rate@10']['slots']})"] for r in systems]) + [""]
+    if "new_users" in s:
+        lines += _new_user_section(report) + [""]
     empty = [seg for seg, n in s["segments"].items() if n == 0]
     if empty:
         lines += [f"Left out, with no test targets: {'; '.join(empty)}.", ""]
@@ -222,7 +232,7 @@ def render_markdown(report: dict) -> str:
         if n == 0:
             continue
         lines += [f"**{seg}** — {n} targets", ""]
-        seg_keys = ["hr@10", "ndcg@10", "mrr"]
+        seg_keys = ["hr@10", "ndcg@10", "mrr", "logloss"]
         lines += _table(["system"] + seg_keys, [[r["name"]] + [_fmt(r["segments"][seg].get(k)) for k in seg_keys]
                                                for r in systems]) + [""]
     lines += ["## By history length (events before the target)", ""]
@@ -231,7 +241,17 @@ def render_markdown(report: dict) -> str:
     lines += _table(["system"] + [f"{b} (n={n})" for b, n in zip(buckets, counts)],
                     [[r["name"]] + [("n/a" if math.isnan(v) else f"{v:.4f}") for v in r["by_history_length"][HEADLINE]]
                      for r in systems])
-    lines += ["", f"({HEADLINE} per bucket.)", "", "## Paired comparisons", "",
+    lines += ["", f"({HEADLINE} per bucket.)", ""]
+    ages = systems[0]["by_item_age"]
+    lines += ["## By item age (days from the item's release to the target event)", ""]
+    lines += _table(["system"] + [f"{b} (n={n})" for b, n in zip(ages["buckets"], ages["n"])],
+                    [[r["name"]] + [("n/a" if math.isnan(v) else f"{v:.4f}") for v in r["by_item_age"]["hr@10"]]
+                     for r in systems])
+    lines += ["", ("(Recall@10 per bucket. Release: the synthetic generator's planted release, else the item's "
+                   "first event in the log.)"), ""]
+    if any(r.get("exploration") for r in systems):
+        lines += _exploration_section(systems) + [""]
+    lines += ["## Paired comparisons", "",
               ("Each pair once, the system listed first as the row system (report.json holds both directions): "
                "difference = row system − other system over the same targets and the same user resamples."), ""]
     order = {r["name"]: i for i, r in enumerate(systems)}
@@ -313,6 +333,41 @@ def _best_line(report: dict, key: str, higher: bool) -> str | None:
     return (f"- Test {label}: no significant difference at the top (paired bootstrap, 95%): {leader} ({v:.4f}) is "
             f"not significantly {'better' if higher else 'lower'} than "
             + ", ".join(f"{b} ({values[b]:.4f})" for b in unbeaten) + ".")
+
+
+def _new_user_section(report: dict) -> list[str]:
+    s, systems = report["setup"], report["systems"]
+    info = s["new_users"]
+    ks = info["protocol"]["ks"]
+    lines = [(f"New-user protocol (`data.new_users`: {info['protocol']}): {info['n_users']} users held out of every "
+              "training and validation input; each is evaluated from its first k events alone, predicting event "
+              "k + 1 (targets per k: " + ", ".join(f"k={k}: {info['n_targets'][f'k{k}']}" for k in ks) + "). "
+              "Held out rather than truncated: a trained user's event k + 1 was a training target of every system."),
+             "", "NDCG@10 / Recall@10 by k:", ""]
+    rows = [[r["name"]] + [f"{_fmt(r['segments'][f'new_user_k{k}']['ndcg@10'])} / "
+                           f"{r['segments'][f'new_user_k{k}']['recall@10']['value']:.4f}" for k in ks]
+            for r in systems]
+    return lines + _table(["system"] + [f"k={k}" for k in ks], rows)
+
+
+def _exploration_section(systems: list[dict]) -> list[str]:
+    lines = ["## Exploration (top-10 slots given to each system's own best long-tail items)", "",
+             ("At share s the positions where floor((j + 1) s) steps up are exploration slots (s = 0.2: 5th and "
+              "10th); the others keep the system's list in order. Rolling dice: uniform long-tail items (not in "
+              "the history or the list) in the same slots, its expected hits exact. Hits per slot with 95% "
+              "bootstrap intervals; ×dice is the system's rate over rolling dice's; NDCG@10 outside counts hits "
+              "outside the exploration slots only."), ""]
+    rows = []
+    for r in systems:
+        for row in (r.get("exploration") or {}).get("by_share", []):
+            h = row["hits_per_slot"]
+            rows.append([r["name"], f"{row['share']:g}", str(row["slots"]), _fmt(h["system"]),
+                         _fmt(h["rolling_dice"]), _fmt(row["vs_rolling_dice"], 2),
+                         "; ".join(f"{name} {_fmt(d)}" for name, d in row.get("vs", {}).items()
+                                   if name != r["name"]) or "—",
+                         _fmt(row["ndcg@10_no_exploration"]), _fmt(row["ndcg@10"]), _fmt(row["ndcg@10_outside"])])
+    return lines + _table(["system", "share", "slots", "hits/slot", "rolling dice", "×dice", "− cascade (paired)",
+                           "NDCG@10 without", "NDCG@10 with", "NDCG@10 outside"], rows)
 
 
 def _stage_logs(fit_log: dict | None) -> list[tuple[str, dict]]:
@@ -462,6 +517,59 @@ def _plot_history(results: list[dict]) -> bytes:
     ax.set_xlabel("history length (events before the target)")
     ax.set_ylabel(f"test {HEADLINE}")
     ax.legend(fontsize=8)
+    return _figure_bytes(fig)
+
+
+def _plot_item_age(results: list[dict]) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ages = results[0]["by_item_age"]
+    for r in results:
+        ax.plot(range(len(ages["buckets"])), r["by_item_age"]["hr@10"], "o-", label=r["name"])
+    ax.set_xticks(range(len(ages["buckets"])), [f"{b}\n(n={n})" for b, n in zip(ages["buckets"], ages["n"])],
+                  fontsize=7)
+    ax.set_xlabel("item age at the target event (days since release)")
+    ax.set_ylabel("test Recall@10")
+    ax.legend(fontsize=8)
+    return _figure_bytes(fig)
+
+
+def _plot_new_users(results: list[dict]) -> bytes | None:
+    ks = sorted(int(name.removeprefix("new_user_k")) for name in results[0]["segments"] if name.startswith("new_user_k"))
+    if not ks:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for r in results:
+        seg = [r["segments"][f"new_user_k{k}"]["recall@10"] for k in ks]
+        v = np.array([m["value"] for m in seg])
+        err = np.stack([v - [m["lo"] for m in seg], [m["hi"] for m in seg] - v])
+        ax.errorbar(ks, v, yerr=None if np.isnan(err).all() else err, fmt="o-", capsize=3, label=r["name"])
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("events of history (new users, held out of training)")
+    ax.set_ylabel("test Recall@10 (95% bootstrap CI)")
+    ax.legend(fontsize=8)
+    return _figure_bytes(fig)
+
+
+def _plot_exploration(results: list[dict]) -> bytes | None:
+    explored = [r for r in results if r.get("exploration")]
+    if not explored:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for r in explored:
+        rows = r["exploration"]["by_share"]
+        ax.plot([x["share"] for x in rows], [x["hits_per_slot"]["system"]["value"] for x in rows], "o-",
+                label=r["name"])
+    rows = explored[0]["exploration"]["by_share"]
+    ax.plot([x["share"] for x in rows], [x["hits_per_slot"]["rolling_dice"]["value"] for x in rows], "k--",
+            label=f"rolling dice (in {explored[0]['name']}'s slots)")
+    ax.set_xlabel("exploration share of the top-10")
+    ax.set_ylabel("hits per exploration slot")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.legend(fontsize=7)
     return _figure_bytes(fig)
 
 

@@ -10,13 +10,13 @@ Steering is applied INSIDE the search (so top-K stays full) by propagating per-i
 value(item) = bonus(item) where the item is allowed, -inf where not; value(node) = max over the items below it.
 A candidate prefix is ranked by log P(prefix) + value(node): a node without an allowed item below is never entered,
 and the bonus term is the best bonus still reachable — an admissible (optimistic) heuristic, as in A*; the final
-score of an item is log P(item codes) + bonus(item). Exploration reserves `ceil(explore_share * top_k)` slots for
-long-tail items: a second group of beams searches only long-tail items, and the two result lists are merged.
+score of an item is log P(item codes) + bonus(item). Exploration reserves a share of the list's positions for
+long-tail items (`e2erec.generate.explore`: floor(n x explore_share) of every top-n): a second group of beams
+searches only long-tail items, and the two ranked lists are interleaved into those positions.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +25,7 @@ import torch
 
 from e2erec.errors import DataError
 from e2erec.generate.config import SteeringConfig
+from e2erec.generate.explore import interleave
 from e2erec.tokenizer.trie import PrefixTrie, segments
 
 NEG_INF = float("-inf")
@@ -64,10 +65,9 @@ class ItemInfo:
         multi_hot = torch.zeros(items.n_items, len(names), dtype=torch.bool)
         for i, cats in enumerate(items.categories):
             multi_hot[i, [col[c] for c in cats]] = True
-        pop = np.asarray(items.popularity, dtype=np.int64)
-        order = np.argsort(-pop, kind="stable")  # most popular first; ties by item id
-        long_tail = np.ones(items.n_items, dtype=bool)
-        long_tail[order[: round((1 - long_tail_share) * items.n_items)]] = False
+        from e2erec.eval.metrics import head_items  # the evaluation's own long tail, so its slots are the same
+
+        long_tail = ~head_items(np.asarray(items.popularity, dtype=np.int64), long_tail_share)
         return cls(names, multi_hot, torch.as_tensor(np.asarray(items.year, dtype=np.int64)),
                    torch.from_numpy(long_tail))
 
@@ -219,21 +219,26 @@ def _seen_pairs(seen, batch_size: int, device) -> tuple[torch.Tensor, torch.Tens
 
 
 def static_node_values(trie: PrefixTrie, steering: SteeringConfig | None, info: ItemInfo | None,
-                       explore: bool) -> NodeValues:
-    """The user-independent part of the heuristic (per depth [G, n_nodes], G = 2 with an exploration group, and
-    its ranked children), memoised on the trie: a generation run computes it once, not per batch of users. Each
+                       among: torch.Tensor | None = None) -> NodeValues:
+    """The user-independent part of the heuristic (per depth [G, n_nodes] and its ranked children), memoised on the
+    trie: a generation run computes it once, not per batch of users. G = 2 with exploration (main beams, long-tail
+    beams), a single long-tail group at explore_share = 1; `among` (bool [n_items]) keeps only those items. Each
     search takes a fresh `NodeValues` over it (`NodeValues(trie, shared.static, shared.ranked)`)."""
+    share = 0.0 if steering is None else min(steering.explore_share, 1.0)
     key = (None if steering is None else
            (tuple(steering.include_categories), tuple(sorted(steering.boost_categories.items())),
-            steering.freshness_weight, explore), id(info))
+            steering.freshness_weight, share), id(info), id(among))
     memo = trie.memo
-    if key in memo and memo[key][0] is info:
-        return memo[key][1]
+    if key in memo and memo[key][0] is info and memo[key][1] is among:
+        return memo[key][2]
     static = item_values(steering, info, trie.leaf_item.numel()).to(trie.device)
-    groups = [static] + ([static.masked_fill(~info.long_tail.to(trie.device), NEG_INF)] if explore else [])
+    if among is not None:
+        static = static.masked_fill(~among.to(trie.device), NEG_INF)
+    long_tail = static.masked_fill(~info.long_tail.to(trie.device), NEG_INF) if share > 0 else None
+    groups = [static] if share == 0 else [long_tail] if share == 1 else [static, long_tail]
     memo.clear()  # one steering at a time: keep memory bounded
-    memo[key] = (info, NodeValues(trie, node_values(trie, torch.stack(groups))))
-    return memo[key][1]
+    memo[key] = (info, among, NodeValues(trie, node_values(trie, torch.stack(groups))))
+    return memo[key][2]
 
 
 @torch.no_grad()
@@ -247,17 +252,18 @@ def constrained_beam_search(
     steering: SteeringConfig | None = None,
     item_info: ItemInfo | None = None,
     seen: Sequence[Sequence[int]] | tuple[torch.Tensor, torch.Tensor] | None = None,
+    among: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-K items per user: (items long [B, top_k], scores float [B, top_k]), best first; -1 / -inf pad a row only
-    when fewer than top_k items are allowed for that user. `seen` (per-user item lists, or jagged offsets + items)
-    is excluded when `steering.exclude_seen`. With beam_size >= the number of items the search is exhaustive."""
+    """Top-K items per user: (items long [B, top_k], scores float [B, top_k]), best first (with exploration, the
+    long-tail items in their reserved positions, each group best first); -1 / -inf pad a row only when fewer than
+    top_k items are allowed for that user. `seen` (per-user item lists, or jagged offsets + items) is excluded when
+    `steering.exclude_seen`; `among` (bool [n_items]) restricts the search to those items. With beam_size >= the
+    number of items the search is exhaustive."""
     if beam_size < top_k:
         raise ValueError(f"beam_size ({beam_size}) must be >= top_k ({top_k})")
     device = trie.device
-    explore = math.ceil(steering.explore_share * top_k) if steering is not None and steering.explore_share > 0 else 0
-
     # The heuristic: user-independent node values (memoised on the trie), plus each user's seen items, sparsely.
-    shared = static_node_values(trie, steering, item_info, explore > 0)
+    shared = static_node_values(trie, steering, item_info, among)
     values = NodeValues(trie, shared.static, shared.ranked)
     if steering is not None and steering.exclude_seen and seen is None:
         raise ValueError("steering.exclude_seen is set but no `seen` items were given (pass seen=, or set "
@@ -285,7 +291,7 @@ def constrained_beam_search(
     items = trie.items_of_leaves(node)  # (B, beams)
     final = score + values.lookup(trie.n_levels, group[None, :], rows, node.clamp_min(0))
     final = torch.where(items >= 0, final, torch.full_like(final, NEG_INF))
-    return _merge(items, final, group, top_k, explore)
+    return _merge(items, final, group, top_k, 0.0 if steering is None else steering.explore_share)
 
 
 def _renormalise(logp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -352,25 +358,20 @@ def _expand_sparse(step_fn, trie: PrefixTrie, values: NodeValues, level: int, pr
     return top_rank.view(batch_size, beams), beam[pair], code[pair], cum[pair], child[pair]
 
 
-def _merge(items: torch.Tensor, score: torch.Tensor, group: torch.Tensor, top_k: int, explore: int):
-    """Top-K from the main beams, with `explore` slots going to the best exploration-beam items first."""
-    main_s = torch.where(group[None, :] == 0, score, torch.full_like(score, NEG_INF))
-    if not explore:
-        s, idx = main_s.topk(top_k, dim=1)
-        return torch.where(s > NEG_INF, items.gather(1, idx), torch.full_like(idx, -1)), s
-    out_items = torch.full((items.shape[0], top_k), -1, dtype=torch.long, device=items.device)
-    out_scores = torch.full((items.shape[0], top_k), NEG_INF, device=items.device)
-    for b in range(items.shape[0]):  # per user: small lists, the search itself stays batched
-        exp = [(float(s), int(i)) for s, i, g in zip(score[b], items[b], group) if g == 1 and s > NEG_INF]
-        main = [(float(s), int(i)) for s, i, g in zip(score[b], items[b], group) if g == 0 and s > NEG_INF]
-        exp.sort(key=lambda t: -t[0])
-        main.sort(key=lambda t: -t[0])
-        chosen = {i: s for s, i in exp[:explore]}
-        for s, i in main + exp[explore:]:  # the rest: best main items, then leftover long-tail items
-            if len(chosen) >= top_k:
-                break
-            chosen.setdefault(i, s)
-        ranked = sorted(chosen.items(), key=lambda t: -t[1])[:top_k]
-        out_items[b, : len(ranked)] = torch.tensor([i for i, _ in ranked], dtype=torch.long)
-        out_scores[b, : len(ranked)] = torch.tensor([s for _, s in ranked])
-    return out_items, out_scores
+def _merge(items: torch.Tensor, score: torch.Tensor, group: torch.Tensor, top_k: int, explore_share: float):
+    """Top-K from the main beams; with exploration, the reserved slots (`e2erec.generate.explore`) from the best
+    exploration-beam items. Each group's beams hold distinct items, so each ranked list is duplicate-free."""
+    def ranked(g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s, idx = torch.where(group[None, :] == g, score, torch.full_like(score, NEG_INF)).sort(1, descending=True)
+        n = int((group == g).sum())
+        return torch.where(s[:, :n] > NEG_INF, items.gather(1, idx[:, :n]), -1), s[:, :n]
+
+    main_items, main_scores = ranked(0)
+    if not 0 < explore_share < 1:  # one group: the main beams, or at share 1 the long-tail ones
+        return main_items[:, :top_k], main_scores[:, :top_k]
+    x_items, x_scores = ranked(1)
+    col, _ = interleave(main_items, x_items, top_k, explore_share)
+    pool_items, pool_scores = torch.cat([main_items, x_items], 1), torch.cat([main_scores, x_scores], 1)
+    empty = col < 0
+    return (torch.where(empty, -1, pool_items.gather(1, col.clamp_min(0))),
+            torch.where(empty, NEG_INF, pool_scores.gather(1, col.clamp_min(0))))

@@ -23,6 +23,7 @@ from e2erec.data.jagged import gather_histories
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.protocol import FitContext, history_events, target_users
 from e2erec.generate.beam import ItemInfo, constrained_beam_search
+from e2erec.generate.explore import interleave
 from e2erec.utils.shards import sharded_rows
 
 RankBy = Literal["beam", "joint", "calibration"]
@@ -124,19 +125,31 @@ class GenerativeSystem:
         return gather_histories(inter, target_users(inter, targets), targets, self.cfg.data.max_seq_len)
 
     @torch.no_grad()
-    def generate(self, inter: Interactions, targets: np.ndarray, k: int, steering=None) -> tuple[np.ndarray, np.ndarray]:
+    def generate(self, inter: Interactions, targets: np.ndarray, k: int, steering=None,
+                 among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items [n, k] (-1 pads) and their scores for each target event's history (see `generate_for`)."""
         targets = np.asarray(targets, dtype=np.int64)
-        return self.generate_for(inter, target_users(inter, targets), targets, k, steering)
+        return self.generate_for(inter, target_users(inter, targets), targets, k, steering, among)
 
     @torch.no_grad()
     def generate_for(self, inter: Interactions, users: np.ndarray, ends: np.ndarray, k: int,
-                     steering=None) -> tuple[np.ndarray, np.ndarray]:
+                     steering=None, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items [n, k] (-1 pads) and scores for the histories rows `offsets[u]:ends[u]`, steering applied
-        inside the search. Scores: generation log-probabilities (+ steering bonuses) for `rank_by="beam"`, those
-        + w · log P_calib for "joint", calibrated probabilities for "calibration". `ends = offsets[u + 1]`
-        generates after a user's whole history."""
-        items, log_gen, probs = self._search(inter, users, ends, k, steering)
+        inside the search (`among`, bool [n_items]: only those items). Scores: generation log-probabilities
+        (+ steering bonuses) for `rank_by="beam"`, those + w · log P_calib for "joint", calibrated probabilities for
+        "calibration". `ends = offsets[u + 1]` generates after a user's whole history. With exploration, an order
+        other than the generation's re-orders the main and the long-tail list each on its own, then interleaves them
+        (`e2erec.generate.explore`), so the reserved slots stay where the steering put them."""
+        steering = steering if steering is not None else self.cfg.generate.steering
+        if self.rank_by != "beam" and 0 < steering.explore_share < 1:
+            main = self.generate_for(inter, users, ends, k, dataclasses.replace(steering, explore_share=0.0), among)
+            tail = self.generate_for(inter, users, ends, k, dataclasses.replace(steering, explore_share=1.0), among)
+            col, _ = interleave(*(torch.from_numpy(x[0]) for x in (main, tail)), k, steering.explore_share)
+            picked = [np.take_along_axis(np.concatenate([m, t], 1), col.clamp_min(0).numpy(), 1)
+                      for m, t in zip(main, tail)]
+            empty = col.numpy() < 0
+            return np.where(empty, -1, picked[0]), np.where(empty, -np.inf, picked[1]).astype(np.float32)
+        items, log_gen, probs = self._search(inter, users, ends, k, steering, among)
         items, scores = self._order(items, log_gen, probs, self.calib_weight)
         return items.numpy(), scores.float().numpy()
 
@@ -154,8 +167,8 @@ class GenerativeSystem:
         return items.gather(1, order), scores.gather(1, order)
 
     @torch.no_grad()
-    def _search(self, inter: Interactions, users: np.ndarray, ends: np.ndarray, k: int,
-                steering=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _search(self, inter: Interactions, users: np.ndarray, ends: np.ndarray, k: int, steering=None,
+                among: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Beam search for each history: (items [n, k] in generation order, their generation scores, and — unless
         `rank_by="beam"` — their calibrated probabilities), returned on the CPU; the search runs on the model's
         device."""
@@ -163,6 +176,7 @@ class GenerativeSystem:
         info = self._info(inter)
         beam = max(self.cfg.generate.beam_size, k)
         users, ends = np.asarray(users, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+        among = None if among is None else torch.as_tensor(np.asarray(among, bool), device=self.trie.device)
 
         def block(lo: int, hi: int):  # this rank's rows (all of them without a process group)
             n = hi - lo
@@ -179,7 +193,7 @@ class GenerativeSystem:
                     # update.
                     lambda level, prefix, beam_state, step=step: step(level, prefix, pairs=beam_state.pairs),
                     self.trie, len(u), beam, k, steering=steering, item_info=info, seen=(seen_offsets, seen_items),
-                )
+                    among=among)
                 rows = slice(start - lo, start - lo + len(u))
                 out_items[rows], out_scores[rows] = items.cpu(), scores.float().cpu()
                 if out_probs is not None:
@@ -194,8 +208,9 @@ class GenerativeSystem:
             self._item_info = (inter.items, ItemInfo.from_table(inter.items, self.cfg.eval.long_tail_share))
         return self._item_info[1]
 
-    def recommend(self, inter: Interactions, targets: np.ndarray, k: int) -> np.ndarray:
-        return self.generate(inter, targets, k)[0]
+    def recommend(self, inter: Interactions, targets: np.ndarray, k: int,
+                  among: np.ndarray | None = None) -> np.ndarray:
+        return self.generate(inter, targets, k, among=among)[0]
 
     @torch.no_grad()
     def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> np.ndarray:

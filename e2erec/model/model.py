@@ -210,6 +210,8 @@ class GenerativeRecommender(nn.Module):
             # exact. Saved with the weights: the statistics belong to the trained model. (0, 0) until set.
             self.register_buffer("item_pos", torch.zeros(num_items, dtype=torch.int64))
             self.register_buffer("item_count", torch.zeros(num_items, dtype=torch.int64))
+            if cfg.prior_prefix_levels:  # each item's code prefix, numbered 0..: whose rate is its prior
+                self.register_buffer("item_prefix", torch.zeros(num_items, dtype=torch.int64))
         # Post-hoc Platt scaling of the calibration logit (not trained by the optimizer); saved with the weights.
         self.register_buffer("calib_scale", torch.ones(()))
         self.register_buffer("calib_shift", torch.zeros(()))
@@ -313,23 +315,37 @@ class GenerativeRecommender(nn.Module):
                 z = self._decoder_step(z, level, codes[:, level])
         return out
 
-    def set_feedback_priors(self, positives: torch.Tensor, events: torch.Tensor) -> None:
+    def set_feedback_priors(self, positives: torch.Tensor, events: torch.Tensor,
+                            codes: torch.Tensor | None = None) -> None:
         """Install each item's positive and total training-event counts (int [num_items] each,
-        `e2erec.eval.protocol.item_feedback_counts`), the statistics behind the head's item rate feature. A no-op
-        without ``calibration_priors``."""
+        `e2erec.eval.protocol.item_feedback_counts`), the statistics behind the head's item rate feature, and with
+        ``model.prior_prefix_levels`` the items' semantic IDs (`codes` [num_items, L]), whose prefixes pool the
+        counts of the rate's prior. A no-op without ``calibration_priors``."""
         if not self.num_items:
             return
         self.item_pos.copy_(torch.as_tensor(positives))
         self.item_count.copy_(torch.as_tensor(events))
+        if hasattr(self, "item_prefix"):
+            if codes is None:
+                raise ValueError("model.prior_prefix_levels needs the items' codes in set_feedback_priors")
+            prefix = torch.as_tensor(codes)[:, :self.cfg.prior_prefix_levels]
+            self.item_prefix.copy_(torch.unique(prefix, dim=0, return_inverse=True)[1])
 
     def prior_features(self, batch: ModelBatch) -> torch.Tensor:
         """(T, 2) logits of the smoothed positive rates of each target's item and of its sequence's history."""
         count, pos = self.item_count.sum(), self.item_pos.sum()
         base = torch.where(count > 0, pos.float() / count.clamp_min(1).float(), 0.5)
         item_pos, item_count = self.item_pos[batch.calib_item], self.item_count[batch.calib_item]
-        if batch.targets_counted:  # leave the target's own event out of its item's counts
-            item_pos = (item_pos - (batch.calib_label > 0.5).long()).clamp_min(0)
-            item_count = (item_count - 1).clamp_min(0)
+        own = (batch.calib_label > 0.5).long() if batch.targets_counted else 0  # the target's own event, left out
+        counted = int(batch.targets_counted)
+        item_pos, item_count = (item_pos - own).clamp_min(0), (item_count - counted).clamp_min(0)
+        prior = base
+        if hasattr(self, "item_prefix"):  # the pooled counts of the items sharing the target's code prefix
+            prefix = self.item_prefix[batch.calib_item]
+            pooled_pos = torch.zeros_like(self.item_pos).index_add_(0, self.item_prefix, self.item_pos)[prefix]
+            pooled = torch.zeros_like(self.item_count).index_add_(0, self.item_prefix, self.item_count)[prefix]
+            pooled_pos, pooled = (pooled_pos - own).clamp_min(0), (pooled - counted).clamp_min(0)
+            prior = (pooled_pos.float() + PRIOR_WEIGHT * base) / (pooled.float() + PRIOR_WEIGHT)
         # History positives and events per sequence, by cumulative sums over the tokens (BOS and targets have the
         # hidden label and count as neither).
         zero = batch.label_id.new_zeros(1)
@@ -338,7 +354,7 @@ class GenerativeRecommender(nn.Module):
         seq = torch.searchsorted(batch.offsets, batch.calib_index, right=True) - 1  # (T,) sequence of each target
         start, end = batch.offsets[seq], batch.offsets[seq + 1]
         user_pos, user_count = cum_pos[end] - cum_pos[start], cum_seen[end] - cum_seen[start]
-        return torch.stack([smoothed_rate_logit(item_pos, item_count, base),
+        return torch.stack([smoothed_rate_logit(item_pos, item_count, prior),
                             smoothed_rate_logit(user_pos, user_count, base)], dim=-1)
 
     def calibration_logits(self, hidden: torch.Tensor, batch: ModelBatch) -> torch.Tensor:

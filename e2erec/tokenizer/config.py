@@ -37,6 +37,10 @@ class TokenizerConfig:
     # matrix holds at most 2 x s x events entries (a 1M-item catalogue's distinct pairs otherwise grow faster than
     # its events).
     cooccurrence_samples: int = 0
+    # Hybrid embedding of an item without training events (a cold item): "text" predicts its collaborative half
+    # from its text (ridge regression on the warm items), so it shares code prefixes with the warm items it reads
+    # like; "zero" leaves that half zero (the ablation: a region of the code space no warm item shares).
+    cold_collaborative: Literal["text", "zero"] = "text"
     quantizer: Literal["rq_kmeans", "rq_vae", "random"] = "rq_kmeans"
     levels: int = 3
     codebook_size: int = 256

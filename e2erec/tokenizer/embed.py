@@ -371,13 +371,13 @@ def embed_items(
         emb = collab
     else:
         cold = (np.linalg.norm(collab, axis=1) == 0) & ~empty
-        if cold.any():  # no training event: the collaborative half is zero, a region no warm item shares
+        if cold.any() and cfg.cold_collaborative == "text":  # else zero: a region no warm item shares
             collab = collab.copy()
             collab[cold] = _ridge(text, collab, ~cold & ~empty, cold)
             print(f"tokenizer: {int(cold.sum())} of {inter.n_items} items have no training events; their "
                   "collaborative embedding is predicted from their text (ridge regression on items with both), so "
                   "they share code prefixes with the warm items they read like")
-        report["collaborative_predicted_from_text"] = int(cold.sum())
+        report["collaborative_predicted_from_text"] = int(cold.sum()) if cfg.cold_collaborative == "text" else 0
         emb = _l2(np.concatenate([text, collab], axis=1))
     bad = ~np.isfinite(emb).all(axis=1)
     if bad.any():

@@ -45,6 +45,9 @@ class TrainConfig:
     # Generative loss: each level's softmax over the codes the semantic-ID trie allows after the true prefix (the
     # beam search's support) instead of the whole codebook. See e2erec/model/model.py.
     trie_softmax: bool = True
+    # Under the cold-item protocol: the trie-softmax renormalises over the warm items' codes only (the held-out items
+    # do not exist while training), instead of pushing every cold item's codes down as an alternative never seen.
+    warm_trie_softmax: bool = True
     log_every: int = 10
     eval_every: int = 200
     ckpt_every: int = 500

@@ -95,9 +95,11 @@ class RecTask:
         self.codebook_sizes = list(codebook_sizes)
         self.trie = PrefixTrie.build(self.codes, self.codebook_sizes)
         # Under the cold-item protocol the held-out items do not exist while training: the trie-softmax renormalises
-        # over the codes of the other items only, so a cold item's codes are never pushed down as alternatives.
-        self.train_trie = self.trie if inter.cold is None else PrefixTrie.build_subset(
-            self.codes, self.codebook_sizes, torch.from_numpy(~inter.cold.items))
+        # over the codes of the other items only, so a cold item's codes are never pushed down as alternatives
+        # (train.warm_trie_softmax=false: over every item's, the ablation).
+        warm_only = inter.cold is not None and cfg.train.warm_trie_softmax
+        self.train_trie = PrefixTrie.build_subset(self.codes, self.codebook_sizes,
+                                                  torch.from_numpy(~inter.cold.items)) if warm_only else self.trie
         self.data_fingerprint = data_fingerprint
         self._artifact = artifact or {}
         offsets = np.asarray(inter.offsets)
@@ -156,7 +158,7 @@ class RecTask:
     def build_model(self) -> GenerativeRecommender:
         """The model, its calibration head's item statistics counted over the training events."""
         model = GenerativeRecommender(self.cfg.model, self.codebook_sizes, num_items=len(self.codes))
-        model.set_feedback_priors(*map(torch.from_numpy, self.item_feedback))
+        model.set_feedback_priors(*map(torch.from_numpy, self.item_feedback), codes=self.codes)
         return model
 
     # ------------------------------------------------------------------------------------------ training

@@ -1,7 +1,10 @@
-"""The cold-item protocol: held-out items reach no training input (the batches themselves), every event on one is a
-test target with its user's warm history before it, and the report's segments count them."""
+"""The cold-start protocols. Cold items: held out of every training input (the batches themselves), every event on
+one a test target with its user's warm history before it. New users: held out of training and validation, tested
+from their first k events. The report's segments, exploration block and sections on ml-100k."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -190,3 +193,121 @@ def test_cold_items_get_semantic_ids_and_beam_search_emits_them(cold_ml100k, tmp
 
     items, _ = constrained_beam_search(step, trie, 1, beam_size=4, top_k=4)
     assert items[0, 0].item() == cold_item
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# new users
+
+
+def test_new_users_train_nothing_and_are_tested_from_their_first_k_events():
+    from e2erec.data.cold import hold_out_users
+    from e2erec.data.config import NewUsersConfig
+
+    inter = _tiny()  # user 0: 5 events, user 1: 3 events
+    out = hold_out_users(inter, NewUsersConfig(share=0.5, ks=[1, 2, 4], seed=0))
+    new = int(np.flatnonzero(out.new_users.users)[0])
+    assert out.new_users.users.sum() == 1 and out.meta["fingerprint"] != "tiny"
+    lens = [5, 3]
+    assert out.meta["new_users"]["n_targets"] == {"k1": 1, "k2": 1, "k4": int(lens[new] > 4)}
+    split = make_split(out, DataConfig())
+    start = int(out.offsets[new])
+    assert split.train_end[new] == start  # nothing trains
+    assert not (out.user_of(split.valid) == new).any()
+    # Its targets: event k (0-based), whose history is exactly its first k events; the other user's test target first.
+    mine = split.test[out.user_of(split.test) == new]
+    assert mine.tolist() == [start + k for k in (1, 2, 4) if k < lens[new]]
+    other = 1 - new
+    assert split.test[0] == out.offsets[other + 1] - 1 and split.train_end[other] == out.offsets[other + 1] - 2
+    # Popularity counts training events only: none of the new user's.
+    want = np.bincount(out.item[out.offsets[other]:split.train_end[other]], minlength=6)
+    assert out.items.popularity.tolist() == want.tolist()
+
+
+def test_a_new_user_share_that_leaves_nobody_to_train_on_is_refused():
+    from e2erec.data.cold import hold_out_users
+    from e2erec.data.config import NewUsersConfig
+
+    with pytest.raises(DataError, match="needs some new users and some to train on"):
+        hold_out_users(_tiny(), NewUsersConfig(share=0.9))
+
+
+@pytest.mark.parametrize("override, message", [("data.new_users.share=1", "new_users.share must be in"),
+                                               ("data.new_users.ks=[5,2]", "ascending order")])
+def test_bad_new_user_keys_are_named(override, message):
+    from e2erec.config import ConfigError, load_run_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(None, [override])
+
+
+def test_ml100k_new_users_reach_no_training_unit_and_fill_the_new_user_segments():
+    """Under both protocols (the cold run's): the trainer's units (every batch of an epoch is drawn from them) and
+    the baselines' training pairs hold no new user; the segments hold one target per new user and k, with exactly k
+    events of history."""
+    from e2erec.config import load_run_config
+    from e2erec.data.config import NewUsersConfig
+    from e2erec.eval.config import EvalConfig
+    from e2erec.eval.evaluate import Context
+    from e2erec.eval.protocol import training_targets
+    from e2erec.train.task import RecTask
+
+    cfg = DataConfig(name="ml-100k", cold_items=ColdItemsConfig(share=0.1), new_users=NewUsersConfig(share=0.1))
+    inter = load_dataset(cfg, progress=False)
+    split = make_split(inter, cfg)
+    new = inter.new_users.users
+    assert new.sum() == 94 and not new[inter.cold.first_probe:].any()
+    assert not new[inter.user_of(np.flatnonzero(training_mask(inter, split)))].any()
+    assert not new[inter.user_of(training_targets(inter, split))].any()
+    run = load_run_config(None, ["data.cold_items.share=0.1", "data.new_users.share=0.1"])
+    ids = torch.arange(inter.n_items)
+    task = RecTask(run, inter, split, torch.stack([ids // 256, ids // 16 % 16, ids % 16], 1), [16, 16, 16], "x")
+    assert not new[task.unit_user].any() and not new[inter.user_of(task.valid)].any()
+    for indices in itertools.islice(iter(task.make_sampler(rank=0, world_size=1)), 20):
+        users = task.unit_user[np.asarray(indices)]
+        assert not new[users].any() and (task.unit_end[np.asarray(indices)] <= split.train_end[users]).all()
+    ctx = Context(inter, split, EvalConfig(bootstrap=0))
+    for k in (1, 2, 5, 10):
+        seg = ctx.segments[f"new_user_k{k}"]
+        assert seg.sum() == 94 and (ctx.history_len[seg] == k).all() and new[ctx.users[seg]].all()
+    # Warm and cold segments keep the known users' own targets and the cold events; new users' are apart.
+    assert not (ctx.segments["warm_item"] & new[ctx.users]).any()
+    assert ctx.segments["cold_item"].sum() == inter.meta["cold_items"]["n_targets"]
+
+
+def test_the_report_has_cold_new_user_and_exploration_sections(tmp_path):
+    """Both protocols and exploration through `evaluate_systems`, on ml-100k with two fitted baselines (one under
+    the cascade's name, so its exploration is the reference): every promised key, section and plot."""
+    import json
+
+    from e2erec.baselines.popularity import Popularity
+    from e2erec.data.config import NewUsersConfig
+    from e2erec.eval.config import EvalConfig
+    from e2erec.eval.report import evaluate_systems
+
+    cfg = DataConfig(name="ml-100k", cold_items=ColdItemsConfig(share=0.1), new_users=NewUsersConfig(share=0.1))
+    inter = load_dataset(cfg, progress=False)
+    split = make_split(inter, cfg)
+    pop, cascade = Popularity(), Popularity()
+    cascade.name = "cascade"
+    for system in (pop, cascade):
+        system.fit(inter, split)
+    evaluate_systems([pop, cascade], inter, split, EvalConfig(bootstrap=20, explore_shares=[0.1, 0.3]), tmp_path,
+                     progress=False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    for system in report["systems"]:
+        for seg in ("cold_item", "warm_item", "long_tail_warm", "new_user_k1", "new_user_k2", "new_user_k5",
+                    "new_user_k10"):
+            assert {"n", "recall@10", "ndcg@10"} <= set(system["segments"][seg])
+            assert set(system["segments"][seg]["ndcg@10"]) == {"value", "lo", "hi"}
+        block = system["exploration"]
+        assert set(block["hits_per_slot"]) == {"system", "rolling_dice", "cascade"}
+        assert [row["share"] for row in block["by_share"]] == [0.1, 0.3]
+        assert sum(system["by_item_age"]["n"]) == report["setup"]["n_test_targets"]
+    # Popularity never recommends a cold item, and the cold items are all long tail: its exploration slots hold
+    # warm long-tail items only.
+    assert report["systems"][0]["overall"]["cold_slot_share@10"]["value"] == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "New-user protocol (`data.new_users`" in md and "| popularity | " in md.split("NDCG@10 / Recall@10 by k")[1]
+    assert "## Exploration (top-10 slots" in md and "## By item age" in md
+    for png in ("item_age.png", "new_users.png", "exploration.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in md

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from e2erec.generate.beam import ItemInfo, constrained_beam_search
 from e2erec.generate.config import SteeringConfig
+from e2erec.generate.explore import explore_slots, interleave
 from e2erec.tokenizer.semantic_ids import disambiguate
 from e2erec.tokenizer.trie import PrefixTrie
 
@@ -164,10 +166,53 @@ def test_explore_share_reserves_long_tail_slots():
     steering = SteeringConfig(exclude_seen=False, explore_share=0.5)
     items, scores = constrained_beam_search(model, trie, 3, beam_size=6, top_k=6, steering=steering, item_info=info)
     assert (items >= 0).all()
-    for row in items.tolist():
+    reserved = explore_slots(6, 0.5)  # every second position: 1, 3, 5
+    assert reserved.nonzero().flatten().tolist() == [1, 3, 5]
+    for row, score in zip(items.tolist(), scores):
         assert len(set(row)) == 6
-        assert int(info.long_tail[row].sum()) >= 3
-    assert (scores[:, :-1] >= scores[:, 1:]).all()
+        assert info.long_tail[[row[j] for j in (1, 3, 5)]].all()
+        # Each group best first in its own positions.
+        assert (score[~reserved][:-1] >= score[~reserved][1:]).all()
+        assert (score[reserved][:-1] >= score[reserved][1:]).all()
+    # The main positions hold the unsteered list's items in order, less the long-tail items shown in a reserved slot.
+    assert items[:, 0].tolist() == plain[:, 0].tolist()
+
+
+@pytest.mark.parametrize("share", [0.2, 0.3, 0.5])
+def test_a_steered_list_is_the_main_list_interleaved_with_the_long_tail_search(share):
+    """What the evaluation's exploration rebuilds for every system (e2erec.eval.exploration) is what e2erec's own
+    steering returns: its unsteered list with its long-tail-only list in the reserved slots."""
+    _, trie = make_trie(n_items=60, seed=9)
+    info = info_for(60, seed=9)
+    model = RandomModel(batch=4, seed=9)
+    seen = [[1, 2, 40], [], [5, 59], [0]]
+    base = SteeringConfig(exclude_seen=True)
+    steered, _ = constrained_beam_search(model, trie, 4, 12, 10, steering=dataclasses.replace(base, explore_share=share),
+                                         item_info=info, seen=seen)
+    main, _ = constrained_beam_search(model, trie, 4, 12, 10, steering=base, item_info=info, seen=seen)
+    tail, _ = constrained_beam_search(model, trie, 4, 12, 10, steering=base, item_info=info, seen=seen,
+                                      among=info.long_tail)
+    only_tail, _ = constrained_beam_search(model, trie, 4, 12, 10, item_info=info, seen=seen,
+                                           steering=dataclasses.replace(base, explore_share=1.0))
+    assert torch.equal(tail, only_tail)
+    col, from_x = interleave(main, tail, 10, share)
+    assert (col >= 0).all() and torch.equal(steered, torch.cat([main, tail], 1).gather(1, col))
+    assert from_x.sum(1).tolist() == [int(10 * share + 1e-9)] * 4
+
+
+def test_interleave_keeps_the_list_full_and_free_of_duplicates():
+    main = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [1, 2] + [-1] * 10, [-1] * 12])
+    explore = torch.tensor([[3, 20, 21, -1], [30, 31, 32, 33], [40, -1, -1, -1]])
+    col, from_x = interleave(main, explore, 10, 0.2)
+    pool = torch.cat([main, explore], 1)
+    got = torch.where(col >= 0, pool.gather(1, col.clamp_min(0)), -1)
+    # Row 0: 3 is already shown in a main slot, so the reserved 5th and 10th slots take 20 and 21.
+    assert got[0].tolist() == [1, 2, 3, 4, 20, 5, 6, 7, 8, 21]
+    # Row 1: main runs out after two items; exploration fills the rest in its order.
+    assert got[1].tolist() == [1, 2, 30, 31, 32, 33, -1, -1, -1, -1]
+    assert got[2].tolist() == [40] + [-1] * 9
+    assert from_x.tolist()[0] == [False] * 4 + [True] + [False] * 4 + [True]
+    assert from_x[1].tolist() == [False, False, True, True, True, True] + [False] * 4
 
 
 def test_too_few_allowed_items_pad_with_minus_one():

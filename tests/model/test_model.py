@@ -289,6 +289,33 @@ def test_prior_features_are_smoothed_rates_without_the_targets_own_label():
     assert model.calib_mlp[0].in_features == 34
 
 
+def test_a_prefix_prior_gives_an_item_without_events_its_code_clusters_rate():
+    """model.prior_prefix_levels=1: an item's rate is smoothed toward the pooled rate of the items sharing its first
+    code, itself smoothed toward the base rate; a counted target leaves its own event out of both."""
+    from e2erec.model.model import PRIOR_WEIGHT
+
+    from .helpers import events_from_lists
+
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, calibration_hidden=16, prior_prefix_levels=1)
+    model = GenerativeRecommender(cfg, SIZES, num_items=4).eval()
+    codes = torch.tensor([[0, 1, 0], [0, 2, 0], [1, 0, 0], [1, 1, 0]])  # items 0, 1 share code 0; 2, 3 share 1
+    pos, events = torch.tensor([3, 0, 0, 0]), torch.tensor([4, 0, 6, 0])  # items 1 and 3 have no events
+    model.set_feedback_priors(pos, events, codes=codes)
+    base = 3 / 10
+
+    def rate(p, n, prior):
+        return (p + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT)
+
+    scored = build_model_batch(events_from_lists([[2]]), codes, num_candidates=0, candidates=torch.tensor([[1, 3]]))
+    got = torch.sigmoid(model.prior_features(scored)[:, 0]).tolist()
+    assert got == pytest.approx([rate(0, 0, rate(3, 4, base)), rate(0, 0, rate(0, 6, base))], abs=1e-6)
+    counted = build_model_batch(events_from_lists([[2, 0]], [[0, 1]]), codes, num_candidates=1, targets_counted=True)
+    item0 = torch.sigmoid(model.prior_features(counted)[0, 0]).item()
+    assert item0 == pytest.approx(rate(2, 3, rate(2, 3, base)), abs=1e-6)
+    with pytest.raises(ValueError, match="needs the items' codes"):
+        model.set_feedback_priors(pos, events)
+
+
 @pytest.mark.parametrize("kind", ["full", "hashed"])
 def test_item_id_embeddings_tell_apart_items_that_share_their_codes(kind):
     """model.item_embeddings adds a per-item (or per-hash-bucket) row to each token: two items with the same semantic
