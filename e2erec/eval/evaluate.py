@@ -168,8 +168,7 @@ def evaluate_system(system: Recommender, ctx: Context) -> dict:
         reliability = M.reliability(proba, ctx.labels, cfg.ece_bins)
         # Per segment too (a cold item's probability has no item statistics behind it): LogLoss is a mean of
         # per-event losses, so its interval comes from the same resamples.
-        p = np.clip(proba, M.EPS, 1 - M.EPS)
-        loss = -(ctx.labels * np.log(p) + (1 - ctx.labels) * np.log(1 - p))
+        loss = M.binary_cross_entropy(proba, ctx.labels)
         for name, mask in ctx.segments.items():
             segments[name]["logloss"] = M.mean_with_ci(loss[mask], None if ctx.boot is None else ctx.boot.subset(mask))
     fit_log = getattr(system, "fit_log", None)

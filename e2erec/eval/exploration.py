@@ -24,7 +24,7 @@ import torch
 
 from e2erec.eval import metrics as M
 from e2erec.eval.protocol import Recommender, history_csr
-from e2erec.generate.explore import interleave
+from e2erec.generate.explore import interleave, n_explore_slots, take_slots
 
 CUT = 10  # exploration is measured in the top-10, the list a user sees first
 
@@ -33,9 +33,7 @@ def explore_lists(recs: np.ndarray, long_tail_recs: np.ndarray, share: float) ->
     """(top-10 item ids [n, 10], -1 for an empty slot; bool [n, 10], the exploration slots holding an item)."""
     main, explore = torch.from_numpy(np.asarray(recs)), torch.from_numpy(np.asarray(long_tail_recs))
     col, from_x = interleave(main, explore, CUT, share)
-    pool = torch.cat([main, explore], 1)
-    items = torch.where(col >= 0, pool.gather(1, col.clamp_min(0)), -1)
-    return items.numpy(), from_x.numpy()
+    return take_slots(col, main, explore, -1).numpy(), from_x.numpy()
 
 
 def _ratio(num: np.ndarray, den: np.ndarray, boot: M.UserBootstrap | None) -> tuple[dict, np.ndarray]:
@@ -92,7 +90,7 @@ def evaluate_exploration(system: Recommender, ctx, recs: np.ndarray) -> tuple[di
         ranks = M.target_ranks(items, ctx.items)
         outside = M.target_ranks(np.where(x_slot, -1, items), ctx.items)  # a hit in an exploration slot: a miss
         by_share.append({
-            "share": share, "slots_per_list": int(np.floor(CUT * share + 1e-9)), "slots": int(slots.sum()),
+            "share": share, "slots_per_list": n_explore_slots(CUT, share), "slots": int(slots.sum()),
             "hits": int(hits.sum()),
             "hits_per_slot": {"system": system_rate, "rolling_dice": dice_rate},
             "vs_rolling_dice": times,

@@ -150,13 +150,17 @@ def gauc(scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> tuple[flo
     return (float(np.sum(aucs * counts) / counts.sum()) if len(aucs) else float("nan")), int(skipped)
 
 
-def log_loss(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray | float:
-    """Weighted mean binary cross-entropy, p clipped to [1e-7, 1 - 1e-7]."""
+def binary_cross_entropy(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-event binary cross-entropy [n], p clipped to [1e-7, 1 - 1e-7]."""
     p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
     y = np.asarray(y, dtype=np.float64)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def log_loss(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray | float:
+    """Weighted mean binary cross-entropy, p clipped to [1e-7, 1 - 1e-7]."""
     w = _as_weights(weights, len(p))
-    ll = -(y * np.log(p) + (1 - y) * np.log(1 - p))
-    return _squeeze((w @ ll) / w.sum(axis=1), weights)
+    return _squeeze((w @ binary_cross_entropy(p, y)) / w.sum(axis=1), weights)
 
 
 def normalized_entropy(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray | float:

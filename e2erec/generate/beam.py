@@ -25,7 +25,7 @@ import torch
 
 from e2erec.errors import DataError
 from e2erec.generate.config import SteeringConfig
-from e2erec.generate.explore import interleave
+from e2erec.generate.explore import interleave, take_slots
 from e2erec.tokenizer.trie import PrefixTrie, segments
 
 NEG_INF = float("-inf")
@@ -371,7 +371,4 @@ def _merge(items: torch.Tensor, score: torch.Tensor, group: torch.Tensor, top_k:
         return main_items[:, :top_k], main_scores[:, :top_k]
     x_items, x_scores = ranked(1)
     col, _ = interleave(main_items, x_items, top_k, explore_share)
-    pool_items, pool_scores = torch.cat([main_items, x_items], 1), torch.cat([main_scores, x_scores], 1)
-    empty = col < 0
-    return (torch.where(empty, -1, pool_items.gather(1, col.clamp_min(0))),
-            torch.where(empty, NEG_INF, pool_scores.gather(1, col.clamp_min(0))))
+    return take_slots(col, main_items, x_items, -1), take_slots(col, main_scores, x_scores, NEG_INF)

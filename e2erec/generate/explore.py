@@ -45,6 +45,13 @@ def _take(cols: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
                        torch.full_like(rank, -1))
 
 
+def take_slots(col: torch.Tensor, main: torch.Tensor, explore: torch.Tensor, fill: float) -> torch.Tensor:
+    """What `interleave`'s columns point at: concat(main, explore) [B, m + e] at `col` [B, k], `fill` where a slot is
+    empty. Pass items, or the scores beside them."""
+    pool = torch.cat([main, explore], 1)
+    return torch.where(col >= 0, pool.gather(1, col.clamp_min(0)), torch.full_like(col, fill, dtype=pool.dtype))
+
+
 def interleave(main: torch.Tensor, explore: torch.Tensor, k: int, share: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge two ranked item lists per row ([B, m] and [B, e], -1 pads, each duplicate-free) into k slots: the
     exploration slots (`explore_slots`) take `explore`'s best items not already in a main slot, the others `main`'s

@@ -23,7 +23,7 @@ from e2erec.data.jagged import gather_histories
 from e2erec.data.types import Interactions, Split
 from e2erec.eval.protocol import FitContext, history_events, target_users
 from e2erec.generate.beam import ItemInfo, constrained_beam_search
-from e2erec.generate.explore import interleave
+from e2erec.generate.explore import interleave, take_slots
 from e2erec.utils.shards import sharded_rows
 
 RankBy = Literal["beam", "joint", "calibration"]
@@ -142,13 +142,13 @@ class GenerativeSystem:
         (`e2erec.generate.explore`), so the reserved slots stay where the steering put them."""
         steering = steering if steering is not None else self.cfg.generate.steering
         if self.rank_by != "beam" and 0 < steering.explore_share < 1:
-            main = self.generate_for(inter, users, ends, k, dataclasses.replace(steering, explore_share=0.0), among)
-            tail = self.generate_for(inter, users, ends, k, dataclasses.replace(steering, explore_share=1.0), among)
-            col, _ = interleave(*(torch.from_numpy(x[0]) for x in (main, tail)), k, steering.explore_share)
-            picked = [np.take_along_axis(np.concatenate([m, t], 1), col.clamp_min(0).numpy(), 1)
-                      for m, t in zip(main, tail)]
-            empty = col.numpy() < 0
-            return np.where(empty, -1, picked[0]), np.where(empty, -np.inf, picked[1]).astype(np.float32)
+            (main_items, main_scores), (tail_items, tail_scores) = [
+                map(torch.from_numpy, self.generate_for(inter, users, ends, k,
+                                                        dataclasses.replace(steering, explore_share=share), among))
+                for share in (0.0, 1.0)]
+            col, _ = interleave(main_items, tail_items, k, steering.explore_share)
+            return (take_slots(col, main_items, tail_items, -1).numpy(),
+                    take_slots(col, main_scores, tail_scores, -np.inf).numpy())
         items, log_gen, probs = self._search(inter, users, ends, k, steering, among)
         items, scores = self._order(items, log_gen, probs, self.calib_weight)
         return items.numpy(), scores.float().numpy()
