@@ -238,3 +238,101 @@ def test_user_selection_by_raw_id_or_index():
         select_users("0", raw, by_index=False)
     with pytest.raises(DataError, match=r"indices must be in \[0, 3\)"):
         select_users("3", raw, by_index=True)
+
+
+def test_window_steering_equals_truncating_the_history_by_hand(tiny_run, ml100k):
+    """generate.steering.history_events / history_days inside the search give the lists of the same model on a log
+    cut down by hand (each request's window, then its target), seen items excluded over the whole history in
+    both."""
+    import dataclasses
+
+    from e2erec.config import load_run_config
+    from e2erec.data.window import windowed_view
+    from e2erec.generate.system import GenerativeSystem
+
+    run_dir, _ = tiny_run
+    settings = load_run_config(None, ["generate.beam_size=20", "eval.top_k=20", "eval.ks=[1,5,10,20]"])
+    system, inter = GenerativeSystem.from_export(run_dir / "export", ml100k, settings)
+    targets = np.asarray(inter.offsets[1:9]) - 1
+    users = inter.user_of(targets)
+    no_seen = dataclasses.replace(settings.generate.steering, exclude_seen=False)
+    for window in ({"history_events": 3}, {"history_days": 2.0}, {"history_events": 5, "history_days": 30.0}):
+        steered, _ = system.generate_for(inter, users, targets, 10, dataclasses.replace(no_seen, **window))
+        # By hand: each target's window rows, then the target itself, as a log of its own.
+        ts = inter.timestamp
+        rows = []
+        for u, t in zip(users, targets):
+            keep = [r for r in range(inter.offsets[u], t)
+                    if ts[r] >= ts[t] - window.get("history_days", 1e9) * 86_400]
+            keep = keep[-window["history_events"]:] if "history_events" in window else keep
+            rows.append((keep or [t - 1]) + [t])
+        offsets = np.cumsum([0] + [len(r) for r in rows])
+        flat = np.concatenate(rows)
+        by_hand = dataclasses.replace(inter, offsets=offsets, item=inter.item[flat], timestamp=ts[flat],
+                                      feedback=inter.feedback[flat], label=inter.label[flat],
+                                      user_raw_id=[str(i) for i in range(len(rows))])
+        plain, _ = system.generate(by_hand, offsets[1:] - 1, 10, no_seen)
+        assert np.array_equal(steered, plain), window
+        view, view_targets = windowed_view(inter, targets, **window)
+        assert np.array_equal(view.item, by_hand.item) and np.array_equal(view_targets, offsets[1:] - 1)
+
+
+def _readme_api_example() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index("<!-- api-example -->")
+    block = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    return block
+
+
+def test_the_readme_api_example_runs(tiny_run, ml100k, capsys):
+    """The README's request-level API example, as written, on this run's export."""
+    run_dir, _ = tiny_run
+    code = _readme_api_example().replace('"runs/default/export"', repr(str(run_dir / "export")))
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the README example, as written)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    rec, history, instructions = scope["rec"], scope["history"], scope["instructions"]
+    picks = rec.recommend(history, instructions, k=5)
+    assert len(printed) == 5 and len(picks) == 5
+    for r, line in zip(picks, printed):
+        assert r.title in line and str(r.year) in line
+        assert "Comedy" in r.categories and r.year >= 1995 and r.item not in history
+        assert 0 <= r.p_positive <= 1
+    assert [r.score for r in picks] == sorted((r.score for r in picks), reverse=True)
+    from e2erec.errors import DataError
+
+    with pytest.raises(DataError, match="instructions.*unknown key 'include_category'"):
+        rec.recommend(history, {"include_category": ["Comedy"]})
+    with pytest.raises(DataError, match=r"user_history: item id\(s\) \['nope'\]"):
+        rec.recommend(["nope"], {})
+    # The objective knob: a large weight orders the same request by P(positive).
+    by_like = rec.recommend(history, {**instructions, "objective_weight": 1000.0}, k=5)
+    assert [r.p_positive for r in by_like] == sorted((r.p_positive for r in by_like), reverse=True)
+
+
+@pytest.mark.slow
+def test_the_steering_bench_writes_every_row(tiny_run, tmp_path):
+    """`e2erec eval --steering-bench`: one row per (instruction, system) with the documented keys, the objective
+    curve and the repeat comparison; e2erec's hard instructions hold in every shown slot."""
+    run_dir, _ = tiny_run
+    _e2erec("eval", "--steering-bench", "--bench-users", "120", "--export", str(run_dir / "export"),
+            "--out", str(tmp_path), f"out_dir={run_dir}", "eval.bootstrap=10", "generate.beam_size=20", "eval.top_k=20",
+            "eval.ks=[1,5,10,20]", "eval.baseline_epochs=1", timeout=900)
+    bench = json.loads((tmp_path / "steering_bench.json").read_text())
+    keys = {"instruction", "system", "hard", "compliance", "fullness", "ndcg@10", "eligible_users", "seconds",
+            "eligible_items_min"}
+    rows = bench["rows"]
+    assert bench["n_test_targets"] == 120 and all(keys <= set(r) for r in rows)
+    systems = {r["system"] for r in rows}
+    assert systems == {JOINT, "cascade post-filter top-100", "cascade post-filter top-500"}
+    for r in rows:
+        if r["system"] == JOINT and r["hard"]:
+            assert r["compliance"] == 1.0, r
+            if r["eligible_items_min"] >= 10:
+                assert r["fullness"] == 1.0, r
+    assert len(bench["objective_curve"]["points"]) >= 5
+    assert {"exclude_seen", "model_repeats", "learned_repeats", "learned_repeats_minus_rule"} <= set(bench["repeats"])
+    assert (tmp_path / "objective_curve.png").stat().st_size > 0
+    assert "## Schedulability" in (tmp_path / "steering_bench.md").read_text()

@@ -121,6 +121,7 @@ class Cascade:
 
     name = "cascade"
     uses_text = False
+    allow_repeats = False  # the protocol's eval.allow_repeats, read in fit
 
     def __init__(self, item_text: np.ndarray | None = None) -> None:
         self.item_text = item_text  # plugin only: [n_items, d] language-model item embeddings
@@ -142,6 +143,7 @@ class Cascade:
                 raise TypeError("PluginCascade.fit needs the item texts' embeddings: FitContext.item_texts or item_text=")
             self.item_text = ctx.item_texts(inter)
         rng = seed_everything(p.seed, hp.threads)
+        self.allow_repeats = p.allow_repeats
         self.max_len = hp.max_len
         train = training_targets(inter, split, min_history=1)
         valid = split_valid_targets(split)
@@ -189,7 +191,7 @@ class Cascade:
             return train_epoch_over(opt, len(train), batch, rng, f"{self.name} retrieval epoch {epoch}", batch_loss)
 
         def validate() -> float:
-            recs = [top_k(mask_history(self._retrieval_log_probs(inter, v), inter, v), cut)
+            recs = [top_k(mask_history(self._retrieval_log_probs(inter, v), inter, v, p.allow_repeats), cut)
                     for v in target_chunks(valid, inter.n_items, cap=1024)]
             return select_score(np.concatenate(recs), inter.item[valid], p.select_metric)
 
@@ -266,7 +268,7 @@ class Cascade:
                     among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(candidate ids [n, N] with -1 padding, their retrieval log-probabilities [n, N]); `among`: retrieve only
         those items."""
-        lp = keep_only(mask_history(self._retrieval_log_probs(inter, targets), inter, targets), among)
+        lp = keep_only(mask_history(self._retrieval_log_probs(inter, targets), inter, targets, self.allow_repeats), among)
         cand = top_k(lp, self.n_candidates)
         return cand, np.where(cand >= 0, np.take_along_axis(lp, np.maximum(cand, 0), axis=1), -np.inf)
 
@@ -316,12 +318,12 @@ class PluginCascade(Cascade):
                   among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(union of both channels' candidates [n, N + M] with -1 for duplicates, two-tower log-probs, cosines);
         `among`: both channels retrieve only those items."""
-        lp_tt = keep_only(mask_history(self._retrieval_log_probs(inter, targets), inter, targets), among)
+        lp_tt = keep_only(mask_history(self._retrieval_log_probs(inter, targets), inter, targets, self.allow_repeats), among)
         hist, _, _ = padded_histories(inter, targets, self.max_len)
         text = self._text_unit
         user = np.where((hist >= 0)[..., None], text[np.maximum(hist, 0)], 0.0).sum(1)  # (n, d)
         user /= np.maximum(np.linalg.norm(user, axis=1, keepdims=True), 1e-12)
-        cos = keep_only(mask_history(user @ text.T, inter, targets), among)  # (n, n_items)
+        cos = keep_only(mask_history(user @ text.T, inter, targets, self.allow_repeats), among)  # (n, n_items)
         cand = np.concatenate([top_k(lp_tt, self.n_candidates), top_k(cos, self.n_semantic)], axis=1)
         cand = np.sort(cand, axis=1)
         cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # a candidate found by both channels counts once

@@ -82,6 +82,7 @@ def training_windows(inter: Interactions, split: Split, max_len: int) -> tuple[n
 
 class SASRec:
     name = "sasrec"
+    allow_repeats = False  # the protocol's eval.allow_repeats, read in fit
 
     def __init__(self) -> None:
         self.net: SASRecNet | None = None
@@ -90,6 +91,7 @@ class SASRec:
     def fit(self, inter: Interactions, split: Split, ctx: FitContext) -> None:
         p, hp = ctx.protocol, ctx.baseline
         rng = seed_everything(p.seed, hp.threads)
+        self.allow_repeats = p.allow_repeats
         inputs, targets = training_windows(inter, split, hp.max_len)
         self.net = SASRecNet(inter.n_items, hp.sasrec_dim, hp.max_len, n_layers=hp.sasrec_layers,
                              dropout=hp.sasrec_dropout)
@@ -135,7 +137,7 @@ class SASRec:
         for t in target_chunks(np.asarray(targets), inter.n_items, cap=1024):
             hist, _, _ = padded_histories(inter, t, self.net.max_len)
             scores = self.net.scores(torch.from_numpy(hist)).numpy().astype(np.float64)
-            out.append(top_k(keep_only(mask_history(scores, inter, t), among), k))
+            out.append(top_k(keep_only(mask_history(scores, inter, t, self.allow_repeats), among), k))
         return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
     def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> None:

@@ -5,9 +5,13 @@ the training split (early-stopped on validation), evaluate them all on the same 
     e2erec eval --systems popularity,sasrec eval.baseline_epochs=5
     e2erec eval data=synthetic --out runs/synth-eval
     e2erec eval --export runs/default/export --systems sasrec     # a trained end-to-end model beside SASRec
+    e2erec eval --steering-bench --export runs/default/export     # the schedulability benchmark against the cascade
 
 The report (report.md, report.json, PNG plots) and the resolved config go to `--out`, default `<run dir>/eval`;
 `--predictions top50.parquet` also writes every system's list per test target in the dataset's ids.
+`--steering-bench` runs the schedulability benchmark instead (`e2erec/eval/steering_bench.py`): every operator
+instruction inside the export's search and as a post-filter of each `--systems` cascade (default: cascade), written
+to steering_bench.json, steering_bench.md and objective_curve.png in `--out`, and as a section of report.md there.
 
 Under torchrun, srun or the deepspeed launcher every rank fits the (seeded, deterministic) baselines, then each
 rank generates and scores a disjoint block of the test (and validation) users; rank 0 gathers them and writes the
@@ -39,14 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", default=None, metavar="PATH",
                         help="also write every system's top-K list per test target, in the dataset's ids, to PATH "
                              "(.jsonl or .parquet)")
+    parser.add_argument("--steering-bench", action="store_true",
+                        help="run the schedulability benchmark of --export against --systems (default: cascade) "
+                             "post-filtering, instead of the report")
+    parser.add_argument("--bench-users", type=int, default=0, metavar="N",
+                        help="--steering-bench on the test targets of N sampled users (default 0: all)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.baseline_epochs=5 data=ml-1m")
 
 
 def run(args: argparse.Namespace) -> int:
     from e2erec.baselines import build_baseline
     from e2erec.config import load_run_config, save_resolved
-    from e2erec.data import load_dataset, make_split
-    from e2erec.eval.protocol import FitContext, ShardedScoring
+    from e2erec.eval.protocol import ShardedScoring
     from e2erec.eval.report import evaluate_systems
     from e2erec.train.distributed import join_launched_group
 
@@ -56,16 +64,12 @@ def run(args: argparse.Namespace) -> int:
 
         prediction_format(args.predictions)  # a bad extension fails before any work
     cfg = load_run_config(args.config, args.overrides)
+    if args.steering_bench:
+        return _steering_bench(args, cfg)
     rank, world_size = join_launched_group(args.device)
     names = [n.strip() for n in args.systems.split(",") if n.strip()] if args.systems else list(cfg.eval.baselines)
     systems = [build_baseline(name) for name in names]  # unknown names fail here, before any data work
-    inter = load_dataset(cfg.data)
-    split = make_split(inter, cfg.data)
-    ctx = FitContext.from_run(cfg)
-    for system in systems:
-        t0 = time.perf_counter()
-        system.fit(inter, split, ctx)
-        print(f"fitted {system.name} in {time.perf_counter() - t0:.1f}s")
+    inter, split, ctx = _fit_on_the_split(systems, cfg)
     generative = []
     for export in args.export:
         from e2erec.generate.system import GenerativeSystem
@@ -87,3 +91,49 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0 and args.predictions:
         print(f"predictions: {args.predictions}")
     return 0
+
+
+def _steering_bench(args: argparse.Namespace, cfg) -> int:
+    """Fit the post-filtering systems and the export's joint order on validation, then run the benchmark."""
+    from e2erec.baselines import build_baseline
+    from e2erec.config import save_resolved
+    from e2erec.errors import E2ERecError
+    from e2erec.eval.steering_bench import run_bench, write_bench
+    from e2erec.generate.system import GenerativeSystem
+
+    if len(args.export) != 1:
+        raise E2ERecError("--steering-bench needs exactly one --export (the model whose search follows the "
+                          "instructions)")
+    names = [n.strip() for n in (args.systems or "cascade").split(",") if n.strip()]
+    cascades = [build_baseline(name) for name in names]
+    from e2erec.baselines.cascade import Cascade
+
+    missing = [s.name for s in cascades if not isinstance(s, Cascade)]
+    if missing:
+        raise E2ERecError(f"--steering-bench --systems: {missing} have no retrieval depth to post-filter; use "
+                          "cascade or plugin_cascade")
+    inter, split, ctx = _fit_on_the_split(cascades, cfg)
+    _, joint = GenerativeSystem.both_orders(args.export[0], inter, cfg, args.device)[0]
+    joint.fit(inter, split, ctx)
+    bench = run_bench(joint, cascades, inter, split, bootstrap=cfg.eval.bootstrap, seed=cfg.eval.seed,
+                      max_users=args.bench_users)
+    out = Path(args.out) if args.out else cfg.run_dir / "eval"
+    save_resolved(cfg, out, "steering_bench_config.yaml")
+    path = write_bench(bench, out, cfg.data.name)
+    print(f"steering bench: {path}")
+    return 0
+
+
+def _fit_on_the_split(systems: list, cfg):
+    """Load the dataset, split it, and fit each system (early-stopped on validation). Returns (inter, split, ctx)."""
+    from e2erec.data import load_dataset, make_split
+    from e2erec.eval.protocol import FitContext
+
+    inter = load_dataset(cfg.data)
+    split = make_split(inter, cfg.data)
+    ctx = FitContext.from_run(cfg)
+    for system in systems:
+        t0 = time.perf_counter()
+        system.fit(inter, split, ctx)
+        print(f"fitted {system.name} in {time.perf_counter() - t0:.1f}s", flush=True)
+    return inter, split, ctx

@@ -8,6 +8,10 @@ lines with --json, or writes every list to --output (JSON lines or Parquet by ex
     e2erec generate --export runs/default/export --users all --output top10.parquet
     e2erec generate --export runs/default/export generate.steering.include_categories=[Comedy]
     e2erec generate --export runs/default/export generate.steering.explore_share=0.3 generate.steering.freshness_weight=2
+    e2erec generate --export runs/default/export generate.steering.history_days=3 generate.steering.min_year=1995
+
+Every generate.steering key is an operator's instruction (e2erec/generate/config.py); e2erec/serve.py takes the
+same keys per request.
 """
 
 from __future__ import annotations

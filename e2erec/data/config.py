@@ -40,6 +40,13 @@ class SyntheticConfig:
     arrival_share: float = 0.0
     arrival_window: float = 0.2
     arrival_ramp_days: float = 30.0
+    # Repeat consumption: this share of the items is consumable (a snack someone loves, detergent on its cycle),
+    # each with its own repurchase cycle (log-normal around `repeat_cycle_days`); a positive event on one is bought
+    # again, with probability `repeat_prob`, at the user's first event a cycle later, and so on. 0 = off (the log is
+    # then draw for draw what it was before repeats existed).
+    repeat_share: float = 0.0
+    repeat_cycle_days: float = 7.0
+    repeat_prob: float = 0.8
     seed: int = 0
 
     def validate(self) -> None:
@@ -58,6 +65,9 @@ class SyntheticConfig:
             raise ValueError(f"synthetic: arrival_share must be in [0, 1) (got {self.arrival_share}), arrival_window "
                              f"in (0, 1] (got {self.arrival_window}), arrival_ramp_days >= 0 "
                              f"(got {self.arrival_ramp_days})")
+        if not 0 <= self.repeat_share <= 1 or not 0 <= self.repeat_prob <= 1 or self.repeat_cycle_days <= 0:
+            raise ValueError(f"synthetic: repeat_share and repeat_prob must be in [0, 1] (got {self.repeat_share}, "
+                             f"{self.repeat_prob}) and repeat_cycle_days > 0 (got {self.repeat_cycle_days})")
 
 
 @dataclass

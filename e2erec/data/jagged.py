@@ -70,8 +70,10 @@ class JaggedBatch:
         return self._map(lambda t: t.pin_memory())
 
 
-def gather_histories(inter: Interactions, users: np.ndarray, ends: np.ndarray, max_len: int) -> JaggedBatch:
-    """Histories `item[offsets[u] : ends[i]]` of `users[i]`, truncated to the most recent `max_len` events.
+def gather_histories(inter: Interactions, users: np.ndarray, ends: np.ndarray, max_len: int,
+                     starts: np.ndarray | None = None) -> JaggedBatch:
+    """Histories `item[offsets[u] : ends[i]]` of `users[i]`, truncated to the most recent `max_len` events (and to
+    rows >= `starts[i]` where given: a history window, `e2erec.data.window`).
 
     `ends` are exclusive flat event indices (a training prefix end `split.train_end[u]`, or a target index `t` for
     the history before target `t`). Vectorised: one gather over the concatenated row indices.
@@ -86,8 +88,8 @@ def gather_histories(inter: Interactions, users: np.ndarray, ends: np.ndarray, m
     first = offsets[users]
     if np.any(ends < first) or np.any(ends > offsets[users + 1]):
         raise ValueError("each end must lie within its user's rows offsets[u]..offsets[u+1]")
-    starts = np.maximum(first, ends - max_len)
-    lens = ends - starts
+    starts = np.maximum(first if starts is None else np.maximum(first, starts), ends - max_len)
+    lens = np.maximum(ends - starts, 0)
     out = np.zeros(len(users) + 1, np.int64)
     np.cumsum(lens, out=out[1:])
     # Row of token j of sequence b is starts[b] + (j - out[b]).

@@ -18,6 +18,12 @@ Generative story (all vectorised numpy; users are generated in chunks of ~1M eve
   w_i · a_i(t), a_i(t) = clip((t − r_i) / ramp, 0, 1) (ramp = `arrival_ramp_days`): nothing before release, then
   a linear ramp to full popularity. Drawn by rejection (the usual draw, accepted with probability a_i(t), redrawn
   from a second seeded stream otherwise), so the log with `arrival_share` = 0 is the log without arrivals.
+- Repeats (`repeat_share` > 0): that share of the items is consumable, item i with a repurchase cycle
+  c_i ~ `repeat_cycle_days` · LogNormal(0, 0.5). A positive event on it at time t is, with probability
+  `repeat_prob`, bought again: the user's first event at or after t + c_i · LogNormal(0, 0.2) becomes item i
+  (its planted P(positive) the original's, its rating drawn from it), and so on for that repeat, a few rounds deep.
+  Drawn from a third seeded stream, so the log with `repeat_share` = 0 is the log without repeats. The
+  Bayes-optimal next-item formula below then no longer holds, and the report leaves its planted recall out.
 
 Planted ground truth (`Interactions.planted`; contiguous ids, re-indexed by the pipeline):
 
@@ -27,6 +33,7 @@ Planted ground truth (`Interactions.planted`; contiguous ids, re-indexed by the 
     item_interest     int64   [n_items]   the item's cluster z_i
     item_weight       float64 [n_items]   popularity weight w_i (normalised over all generated items)
     item_release      int64   [n_items]   release time r_i in unix seconds, 0 = there from the start (arrivals only)
+    item_cycle_days   float64 [n_items]   repurchase cycle c_i in days, 0 = not consumable (repeats only)
     interest_weight   float64 [n_interests]  W_k = Σ_{z_i = k} w_i over all generated items
     user_mixture      float32 [n_users, n_interests]  π_u
 
@@ -47,6 +54,7 @@ from e2erec.data.config import SyntheticConfig
 from e2erec.data.raw import RawData, make_item_table
 from e2erec.data.types import Interactions
 
+REPEAT_ROUNDS = 8  # repeat-of-a-repeat depth: after 8 cycles a chain stops (its later events are ordinary draws)
 MAX_REDRAWS = 64  # rejection rounds for arrivals; events still unplaced then take an item there from the start
 CHUNK_EVENTS = 1 << 20  # ~1M events per chunk: ~100 MB of temporaries, independent of the dataset size
 _SYLLABLES = ["ka", "lo", "mi", "ra", "tu", "ve", "no", "si", "ba", "de", "fu", "gi", "ho", "ju", "ze", "pa", "qu",
@@ -121,6 +129,7 @@ def generate(cfg: SyntheticConfig, progress: bool = True) -> RawData:
     np.put_along_axis(mixture, interests, mix_w, axis=1)
     start_time = T_START + rng.integers(0, T_SPAN, U)
     arrivals = _arrivals(cfg) if cfg.arrival_share > 0 else None
+    repeats = _repeats(cfg) if cfg.repeat_share > 0 else None
 
     def draw_items(rng: np.random.Generator, s: np.ndarray) -> np.ndarray:
         """One item per event under interest s: from global popularity with probability `explore`, else from the
@@ -167,6 +176,8 @@ def generate(cfg: SyntheticConfig, progress: bool = True) -> RawData:
         t = start_time[uid] + csum - user_base
         if arrivals is not None:
             it, p, rating = _place_arrivals(arrivals, it, p, rating, s, t, weight, draw_items, draw_feedback)
+        if repeats is not None:
+            it, p, rating = _place_repeats(repeats, uid - u0, it, p, rating, t)
         user[lo:hi], item[lo:hi], state[lo:hi] = uid, it, s
         ts[lo:hi] = t
         feedback[lo:hi], prob[lo:hi] = rating, p
@@ -175,6 +186,9 @@ def generate(cfg: SyntheticConfig, progress: bool = True) -> RawData:
     if arrivals is not None:
         truth["item_release"] = arrivals["release"]
         meta.update(arrival_share=cfg.arrival_share, arrival_ramp_s=arrivals["ramp"])
+    if repeats is not None:
+        truth["item_cycle_days"] = repeats["cycle"] / 86_400.0
+        meta.update(repeat_share=cfg.repeat_share, repeat_prob=cfg.repeat_prob)
     return RawData(
         user=pa.array(user), item=pa.array(item), timestamp=ts, feedback=feedback, items=items, source="synthetic",
         extra={"prob": prob, "user_interest": state}, planted_static=truth, meta={"synthetic": meta},
@@ -188,6 +202,47 @@ def _arrivals(cfg: SyntheticConfig) -> dict:
     release = np.zeros(cfg.n_items, np.int64)
     release[new] = T_START + ((1 - cfg.arrival_window + cfg.arrival_window * rng.random(len(new))) * T_SPAN).astype(np.int64)
     return {"rng": rng, "release": release, "ramp": max(cfg.arrival_ramp_days * 86_400.0, 1.0)}
+
+
+def _repeats(cfg: SyntheticConfig) -> dict:
+    """The consumable items' repurchase cycles (seconds, 0 = not consumable) and the stream that places repeats."""
+    rng = np.random.default_rng([cfg.seed, 2])  # its own stream: the main one stays as without repeats
+    cycle = np.zeros(cfg.n_items)
+    consumable = rng.choice(cfg.n_items, size=round(cfg.repeat_share * cfg.n_items), replace=False)
+    cycle[consumable] = cfg.repeat_cycle_days * 86_400.0 * rng.lognormal(0.0, 0.5, len(consumable))
+    return {"rng": rng, "cycle": cycle, "prob": cfg.repeat_prob}
+
+
+def _place_repeats(repeats, user, it, p, rating, t):
+    """Repeat step (module docstring) on one chunk of events, grouped by `user` (chunk-local, ascending) and sorted
+    by time inside a user: every round moves each live repurchase to the user's first event a cycle later, where
+    that event is neither a repeat nor a source (the earliest source wins a contested event). O(rounds x n log n)."""
+    rng, cycle = repeats["rng"], repeats["cycle"]
+    it, p, rating = it.copy(), p.copy(), rating.copy()
+    span = int(t.max() - t.min()) + int(cycle.max() * 2) + 2  # past the chunk's end too: a due time can overshoot
+    key = user.astype(np.int64) * span + (t - t.min())
+    taken = np.zeros(len(it), bool)
+    src = np.flatnonzero((cycle[it] > 0) & (rating >= 4))
+    for _ in range(REPEAT_ROUNDS):
+        src = src[rng.random(len(src)) < repeats["prob"]]
+        if len(src) == 0:
+            break
+        due = t[src] + (cycle[it[src]] * rng.lognormal(0.0, 0.2, len(src))).astype(np.int64) + 1
+        dst = np.searchsorted(key, user[src].astype(np.int64) * span + (due - t.min()), side="left")
+        ok = dst < len(it)
+        ok[ok] &= (user[dst[ok]] == user[src[ok]]) & ~taken[dst[ok]]
+        src, dst = src[ok], dst[ok]
+        taken[src] = True  # a source keeps its item, so every repeat has its earlier purchase
+        keep = ~taken[dst]
+        src, dst = src[keep], dst[keep]
+        dst, first = np.unique(dst, return_index=True)  # sources are in time order: the earliest wins
+        src = src[first]
+        it[dst], p[dst] = it[src], p[src]
+        positive = rng.random(len(dst)) < p[dst]
+        rating[dst] = np.where(positive, 4 + (rng.random(len(dst)) < 0.5), 1 + rng.integers(0, 3, len(dst)))
+        taken[dst] = True
+        src = dst[positive]
+    return it, p, rating
 
 
 def availability(release: np.ndarray, ramp: float, items: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -22,6 +22,10 @@ class EvalConfig:
     # Exploration efficiency (e2erec/eval/exploration.py): each system's top-10 with these shares of its slots given
     # to its own best long-tail items, against rolling dice and the cascades (empty = not measured).
     explore_shares: list[float] = field(default_factory=list)
+    # Repeats: every system may recommend items already in the history (the end-to-end model then learns when to,
+    # generate.steering.exclude_seen is off). False: every system excludes them, and a test target that repeats an
+    # item of its history cannot be hit (the report's repeat_target segment counts them).
+    allow_repeats: bool = False
     # The protocol's early-stopping rule (e2erec/eval/stopping.py), the same for every system of a report: stop after
     # `patience` validation evaluations without a better score (an epoch for the baselines, train.eval_every steps
     # for the end-to-end model), at `baseline_epochs` epochs, or when the time budget is spent.

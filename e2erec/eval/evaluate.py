@@ -15,7 +15,7 @@ from e2erec.data.types import Interactions, Split
 from e2erec.eval import metrics as M
 from e2erec.eval.config import EvalConfig
 from e2erec.eval.exploration import ExplorationTargets, evaluate_exploration
-from e2erec.eval.protocol import Recommender, mask_history, target_chunks, target_users, top_k
+from e2erec.eval.protocol import Recommender, in_history, mask_history, target_chunks, target_users, top_k
 
 HISTORY_BUCKETS = (1, 6, 11, 21, 51, 101, 201)  # lower edges of the history-length buckets (events before target)
 AGE_BUCKETS_DAYS = (0, 7, 30, 90, 180, 365)  # lower edges of the item-age buckets (days since the item's release)
@@ -75,6 +75,9 @@ class Context:
             cold = inter.cold.items[self.items]
             self.segments.update({"cold_item": cold, "warm_item": ~cold & ~new_user,
                                   "long_tail_warm": ~cold & ~new_user & ~self.head[self.items]})
+        repeat = in_history(inter, self.targets, self.items[:, None])[:, 0]
+        if repeat.any():  # unreachable for a system that excludes seen items (unless eval.allow_repeats)
+            self.segments["repeat_target (test item already in the history)"] = repeat
         if inter.new_users is not None:  # the new-user protocol: held-out users, from their first k events
             self.segments.update({f"new_user_k{k}": new_user & (self.history_len == k) for k in inter.new_users.ks})
         self.bucket = np.searchsorted(np.array(HISTORY_BUCKETS), self.history_len, side="right") - 1
@@ -88,6 +91,8 @@ class Context:
     def _planted_top(self, k: int) -> np.ndarray | None:
         """Top-k items of the planted Bayes-optimal next-item distribution (synthetic data only), history excluded."""
         if "item_weight" not in self.inter.planted or "synthetic" not in self.inter.meta:
+            return None
+        if self.inter.meta["synthetic"].get("repeat_share", 0) > 0:  # repeats: the planted formula does not hold
             return None
         from e2erec.data.synthetic import planted_next_item_probs
 

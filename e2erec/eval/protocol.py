@@ -58,7 +58,8 @@ class Recommender(Protocol):
 
     def recommend(self, inter: Interactions, targets: np.ndarray, k: int,
                   among: np.ndarray | None = None) -> np.ndarray:
-        """[n_targets, k] item ids for each target's history, excluding items already in that history; `among`
+        """[n_targets, k] item ids for each target's history, excluding items already in that history (unless
+        `eval.allow_repeats`); `among`
         (bool [n_items]): rank only those items (the evaluation's exploration asks for the long tail)."""
 
     def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> np.ndarray | None:
@@ -145,11 +146,27 @@ def target_chunks(targets: np.ndarray, n_items: int, cap: int = 0, max_elements:
         yield targets[start:start + step]
 
 
-def mask_history(scores: np.ndarray, inter: Interactions, targets: np.ndarray) -> np.ndarray:
-    """Set the scores [n_targets, n_items] of items already in each target's history to -inf, in place."""
+def mask_history(scores: np.ndarray, inter: Interactions, targets: np.ndarray,
+                 allow_repeats: bool = False) -> np.ndarray:
+    """Set the scores [n_targets, n_items] of items already in each target's history to -inf, in place (unless the
+    protocol allows repeats: `eval.allow_repeats`)."""
+    if allow_repeats:
+        return scores
     rows, items = history_csr(inter, targets)
     scores[rows, items] = -np.inf
     return scores
+
+
+def in_history(inter: Interactions, targets: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """bool like `lists` [n, m] (item ids, -1 = empty): the item is in target i's whole history. O(history log)
+    through one sorted (row, item) key, nothing [n, n_items]."""
+    rows, items = history_csr(inter, targets)
+    lists = np.asarray(lists, np.int64)
+    key = np.unique(rows.astype(np.int64) * inter.n_items + items)
+    if len(key) == 0:
+        return np.zeros(lists.shape, bool)
+    query = np.arange(len(lists), dtype=np.int64)[:, None] * inter.n_items + np.maximum(lists, 0)
+    return (key[np.minimum(np.searchsorted(key, query), len(key) - 1)] == query) & (lists >= 0)
 
 
 def keep_only(scores: np.ndarray, among: np.ndarray | None) -> np.ndarray:

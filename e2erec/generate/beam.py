@@ -17,6 +17,7 @@ searches only long-tail items, and the two ranked lists are interleaved into tho
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -56,6 +57,29 @@ class ItemInfo:
     multi_hot: torch.Tensor  # bool [n_items, n_categories]
     year: torch.Tensor  # long [n_items], -1 = unknown
     long_tail: torch.Tensor  # bool [n_items]: outside the most popular (1 - long_tail_share) of the catalogue
+    raw_id: list[str] | None = None  # the dataset's item ids, which item-list instructions name
+
+    def item_index(self, raw_ids: list[str], key: str) -> torch.Tensor:
+        """long indices of the named items; an unknown id is an error that names the instruction."""
+        if self.raw_id is None:
+            raise DataError(f"generate.steering.{key}: item ids need ItemInfo.raw_id (ItemInfo.from_table)")
+        unknown = [r for r in map(str, raw_ids) if r not in self._raw_index]
+        if unknown:
+            raise DataError(f"generate.steering.{key}: unknown item id(s) {unknown[:5]} (of {len(unknown)})")
+        return torch.tensor([self._raw_index[str(r)] for r in raw_ids], dtype=torch.long)
+
+    @functools.cached_property
+    def _raw_index(self) -> dict[str, int]:
+        return {raw: i for i, raw in enumerate(self.raw_id)}
+
+    def category_mask(self, names: list[str], key: str) -> torch.Tensor:
+        """bool [n_items]: items in any of the named categories; an unknown name is an error that names the key."""
+        col = {c: j for j, c in enumerate(self.categories)}
+        unknown = [n for n in names if n not in col]
+        if unknown:
+            raise DataError(f"generate.steering.{key}: unknown category {unknown[0]!r}; the items have "
+                            f"{self.categories}")
+        return self.multi_hot[:, [col[c] for c in names]].any(1)
 
     @classmethod
     def from_table(cls, items, long_tail_share: float = 0.8) -> ItemInfo:
@@ -69,7 +93,7 @@ class ItemInfo:
 
         long_tail = ~head_items(np.asarray(items.popularity, dtype=np.int64), long_tail_share)
         return cls(names, multi_hot, torch.as_tensor(np.asarray(items.year, dtype=np.int64)),
-                   torch.from_numpy(long_tail))
+                   torch.from_numpy(long_tail), list(items.raw_id))
 
 
 def item_values(steering: SteeringConfig | None, info: ItemInfo | None, n_items: int) -> torch.Tensor:
@@ -78,20 +102,25 @@ def item_values(steering: SteeringConfig | None, info: ItemInfo | None, n_items:
     if steering is None:
         return value
     needs_info = steering.include_categories or steering.boost_categories or steering.freshness_weight \
-        or steering.explore_share
+        or steering.explore_share or steering.include_items or steering.boost_items or steering.min_year
     if needs_info and info is None:
-        raise DataError("steering by category, freshness or exploration needs item_info (ItemInfo.from_table)")
+        raise DataError("steering by category, item list, year or exploration needs item_info (ItemInfo.from_table)")
     if not needs_info:
         return value
-    col = {c: j for j, c in enumerate(info.categories)}
-    for name in [*steering.include_categories, *steering.boost_categories]:
-        if name not in col:
-            raise DataError(f"generate.steering: unknown category {name!r}; the items have {info.categories}")
     if steering.include_categories:
-        allowed = info.multi_hot[:, [col[c] for c in steering.include_categories]].any(1)
-        value[~allowed] = NEG_INF
+        value[~info.category_mask(steering.include_categories, "include_categories")] = NEG_INF
     for name, bonus in steering.boost_categories.items():
-        value += bonus * info.multi_hot[:, col[name]].float()
+        value += bonus * info.category_mask([name], "boost_categories").float()
+    if steering.include_items:
+        allowed = torch.zeros(n_items, dtype=torch.bool)
+        allowed[info.item_index(steering.include_items, "include_items")] = True
+        value[~allowed] = NEG_INF
+    if steering.boost_items:
+        boosted = torch.zeros(n_items, dtype=torch.bool)
+        boosted[info.item_index(steering.boost_items, "boost_items")] = True
+        value += steering.item_boost * boosted.float()
+    if steering.min_year:
+        value[info.year < steering.min_year] = NEG_INF  # an unknown year (-1) is not known to be recent enough
     if steering.freshness_weight:
         known = info.year >= 0
         if known.any():
@@ -99,6 +128,14 @@ def item_values(steering: SteeringConfig | None, info: ItemInfo | None, n_items:
             fresh = ((info.year - lo).float() / max(int(hi - lo), 1)).clamp(0, 1)
             value += steering.freshness_weight * torch.where(known, fresh, torch.zeros_like(fresh))
     return value
+
+
+def explore_pool(steering: SteeringConfig, info: ItemInfo) -> torch.Tensor:
+    """bool [n_items]: the items exploration slots may hold: the named categories' ("explore snacks"), else the
+    long tail."""
+    if steering.explore_categories:
+        return info.category_mask(steering.explore_categories, "explore_categories")
+    return info.long_tail
 
 
 def node_values(trie: PrefixTrie, item_value: torch.Tensor) -> list[torch.Tensor]:
@@ -172,9 +209,10 @@ class NodeValues:
             self.ranked[depth] = torch.stack(rows)
         return self.ranked[depth]
 
-    def exclude(self, users: torch.Tensor, items: torch.Tensor) -> NodeValues:
-        """Make each (user, item) pair's item unreachable for that user: its leaf gets -inf, and every ancestor the
-        max over its children, bottom-up (exact: the same values as masking a dense [users, n_items] table).
+    def exclude(self, users: torch.Tensor, items: torch.Tensor, bonus: float = NEG_INF) -> NodeValues:
+        """Make each (user, item) pair's item unreachable for that user (or, with a finite `bonus`, add it to that
+        item's value): its leaf gets -inf (its static value + bonus), and every ancestor the max over its children,
+        bottom-up (exact: the same values as masking a dense [users, n_items] table).
 
         A node with o overridden children takes the max of their overrides and of its best child that has no
         override, which is among its o + 1 best children by static value: O(o + 1) work, never O(children)."""
@@ -184,6 +222,8 @@ class NodeValues:
             n = trie.n_nodes(depth)
             keys = torch.unique(users * n + trie.item_node[depth][items])  # sorted
             values = torch.full((n_groups, keys.numel()), NEG_INF, device=keys.device)
+            if depth == trie.n_levels and bonus > NEG_INF:  # a repeat bonus on the seen leaves themselves
+                values = self.static[depth - 1][:, keys % n] + bonus
             if depth < trie.n_levels:
                 n_below = trie.n_nodes(depth + 1)
                 below, below_value = self.keys[depth], self.override[depth]  # the overridden children, sorted
@@ -221,21 +261,22 @@ def _seen_pairs(seen, batch_size: int, device) -> tuple[torch.Tensor, torch.Tens
 def static_node_values(trie: PrefixTrie, steering: SteeringConfig | None, info: ItemInfo | None,
                        among: torch.Tensor | None = None) -> NodeValues:
     """The user-independent part of the heuristic (per depth [G, n_nodes] and its ranked children), memoised on the
-    trie: a generation run computes it once, not per batch of users. G = 2 with exploration (main beams, long-tail
-    beams), a single long-tail group at explore_share = 1; `among` (bool [n_items]) keeps only those items. Each
+    trie: a generation run computes it once, not per batch of users. G = 2 with exploration (main beams, exploration
+    beams: `explore_pool`), a single exploration group at explore_share = 1; `among` (bool [n_items]) keeps only those items. Each
     search takes a fresh `NodeValues` over it (`NodeValues(trie, shared.static, shared.ranked)`)."""
     share = 0.0 if steering is None else min(steering.explore_share, 1.0)
     key = (None if steering is None else
            (tuple(steering.include_categories), tuple(sorted(steering.boost_categories.items())),
-            steering.freshness_weight, share), id(info), id(among))
+            tuple(steering.include_items), tuple(steering.boost_items), steering.item_boost, steering.min_year,
+            steering.freshness_weight, share, tuple(steering.explore_categories)), id(info), id(among))
     memo = trie.memo
     if key in memo and memo[key][0] is info and memo[key][1] is among:
         return memo[key][2]
     static = item_values(steering, info, trie.leaf_item.numel()).to(trie.device)
     if among is not None:
         static = static.masked_fill(~among.to(trie.device), NEG_INF)
-    long_tail = static.masked_fill(~info.long_tail.to(trie.device), NEG_INF) if share > 0 else None
-    groups = [static] if share == 0 else [long_tail] if share == 1 else [static, long_tail]
+    explore = static.masked_fill(~explore_pool(steering, info).to(trie.device), NEG_INF) if share > 0 else None
+    groups = [static] if share == 0 else [explore] if share == 1 else [static, explore]
     memo.clear()  # one steering at a time: keep memory bounded
     memo[key] = (info, among, NodeValues(trie, node_values(trie, torch.stack(groups))))
     return memo[key][2]
@@ -257,7 +298,7 @@ def constrained_beam_search(
     """Top-K items per user: (items long [B, top_k], scores float [B, top_k]), best first (with exploration, the
     long-tail items in their reserved positions, each group best first); -1 / -inf pad a row only when fewer than
     top_k items are allowed for that user. `seen` (per-user item lists, or jagged offsets + items) is excluded when
-    `steering.exclude_seen`; `among` (bool [n_items]) restricts the search to those items. With beam_size >= the
+    `steering.exclude_seen`, else its items get `steering.repeat_bonus` added; `among` (bool [n_items]) restricts the search to those items. With beam_size >= the
     number of items the search is exhaustive."""
     if beam_size < top_k:
         raise ValueError(f"beam_size ({beam_size}) must be >= top_k ({top_k})")
@@ -270,6 +311,8 @@ def constrained_beam_search(
                          "generate.steering.exclude_seen=false)")
     if steering is not None and steering.exclude_seen:
         values.exclude(*_seen_pairs(seen, batch_size, device))
+    elif steering is not None and steering.repeat_bonus and seen is not None:
+        values.exclude(*_seen_pairs(seen, batch_size, device), bonus=steering.repeat_bonus)
     n_groups = values.static[0].shape[0]
     beams = n_groups * beam_size
     group = torch.arange(n_groups, device=device).repeat_interleave(beam_size)  # (beams,)

@@ -21,6 +21,7 @@ import torch
 
 from e2erec.data.jagged import gather_histories
 from e2erec.data.types import Interactions, Split
+from e2erec.data.window import window_starts
 from e2erec.eval.protocol import FitContext, history_events, target_users
 from e2erec.generate.beam import ItemInfo, constrained_beam_search
 from e2erec.generate.explore import interleave, take_slots
@@ -32,6 +33,9 @@ ROW_NAMES = {"beam": "e2erec (generation order)", "joint": "e2erec (generation �
              "calibration": "e2erec (calibration order)"}
 # Weights w of log P_calib in the joint order, chosen on validation; 0 is the generation order itself.
 JOINT_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+# Log-prob bonuses of history items, chosen on validation under eval.allow_repeats: -inf is the hard exclude-seen
+# rule, 0 the model's own repeat probability.
+REPEAT_BONUSES = (-np.inf, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0)
 
 
 class GenerativeSystem:
@@ -52,6 +56,9 @@ class GenerativeSystem:
             size = semantic_ids.trie.nbytes() / 2**30
             raise E2ERecError(f"the semantic-ID trie ({semantic_ids.trie.leaf_item.numel():,} items, {size:.2f} GiB) "
                               f"does not fit on {device}; run generation with --device cpu") from None
+        if cfg.eval.allow_repeats and cfg.generate.steering.exclude_seen:  # the protocol lets every system repeat
+            steering = dataclasses.replace(cfg.generate.steering, exclude_seen=False)
+            cfg = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, steering=steering))
         self.cfg = cfg
         self.rank_by = rank_by
         if rank_by not in ROW_NAMES:
@@ -59,6 +66,7 @@ class GenerativeSystem:
         self.name = name or ROW_NAMES[rank_by]
         self.batch_size = batch_size
         self.calib_weight = 1.0  # w of the joint order until `fit` chooses it on validation
+        self.repeat_bonus = 0.0  # history items' bonus without exclude_seen until `fit` chooses it
         self._item_info: tuple | None = None  # (item table, its ItemInfo): built once per catalogue
         self.fit_log: dict | None = None
 
@@ -100,16 +108,19 @@ class GenerativeSystem:
         return [beam, joint], inter
 
     def fit(self, inter: Interactions, split: Split, ctx: FitContext | None = None) -> None:
-        """The model is trained by `e2erec train` (DeepSpeed), not here. The joint order's weight w is chosen here,
-        on the validation targets: one beam search and one calibration pass, then every w of `JOINT_WEIGHTS`
-        re-orders the same lists and the best `eval.select_metric` wins (ties: the smaller w). The protocol is
-        `ctx.protocol`, else the export's own `eval` section."""
-        if self.rank_by != "joint":
-            return
+        """The model is trained by `e2erec train` (DeepSpeed), not here. Chosen here, on the validation targets:
+        under `eval.allow_repeats`, the repeat bonus (`choose_repeat_bonus`); for the joint order, its weight w: one
+        beam search and one calibration pass, then every w of `JOINT_WEIGHTS` re-orders the same lists and the best
+        `eval.select_metric` wins (ties: the smaller w). The protocol is `ctx.protocol`, else the export's own
+        `eval` section."""
         from e2erec.baselines.common import select_score, split_valid_targets
 
-        valid = split_valid_targets(split)
         protocol = ctx.protocol if ctx is not None else self.cfg.eval
+        if protocol.allow_repeats and self.cfg.generate.steering.repeat_bonus is None:
+            self.choose_repeat_bonus(inter, split, protocol)
+        if self.rank_by != "joint":
+            return
+        valid = split_valid_targets(split)
         metric = protocol.select_metric
         k = protocol.select_k
         items, log_gen, probs = self._search(inter, target_users(inter, valid), valid, max(k, protocol.top_k))
@@ -120,6 +131,27 @@ class GenerativeSystem:
         self.calib_weight = max(JOINT_WEIGHTS, key=lambda w: (scores[w], -w))
         self.fit_log = {**(self.fit_log or {}), "joint_weight": self.calib_weight, "joint_metric": metric,
                         "joint_valid": {str(w): v for w, v in scores.items()}}
+
+    def choose_repeat_bonus(self, inter: Interactions, split: Split, protocol=None) -> float:
+        """The log-prob bonus of history items that serves the validation targets best, among `REPEAT_BONUSES`
+        (-inf: the hard exclude-seen rule; 0: the model's own repeats), by `eval.select_metric` in this system's
+        order (ties: the smaller bonus, the one nearer the rule). One beam search per bonus."""
+        from e2erec.baselines.common import select_score, split_valid_targets
+
+        protocol = protocol or self.cfg.eval
+        valid = split_valid_targets(split)
+        users, truth = target_users(inter, valid), np.asarray(inter.item)[valid]
+        base = self.cfg.generate.steering
+        scores = {}
+        for bonus in REPEAT_BONUSES:
+            steering = dataclasses.replace(base, exclude_seen=bonus == -np.inf,
+                                           repeat_bonus=None if bonus == -np.inf else bonus)
+            ranked, _ = self.generate_for(inter, users, valid, protocol.select_k, steering)
+            scores[bonus] = select_score(ranked, truth, protocol.select_metric)
+        self.repeat_bonus = max(REPEAT_BONUSES, key=lambda b: (scores[b], -b))
+        self.fit_log = {**(self.fit_log or {}), "repeat_bonus": self.repeat_bonus,
+                        "repeat_valid": {str(b): v for b, v in scores.items()}}
+        return self.repeat_bonus
 
     def _histories(self, inter: Interactions, targets: np.ndarray):
         return gather_histories(inter, target_users(inter, targets), targets, self.cfg.data.max_seq_len)
@@ -150,19 +182,39 @@ class GenerativeSystem:
             return (take_slots(col, main_items, tail_items, -1).numpy(),
                     take_slots(col, main_scores, tail_scores, -np.inf).numpy())
         items, log_gen, probs = self._search(inter, users, ends, k, steering, among)
-        items, scores = self._order(items, log_gen, probs, self.calib_weight)
+        items, scores = self._order(items, log_gen, probs, self.objective_weight)
         return items.numpy(), scores.float().numpy()
+
+    @property
+    def objective_weight(self) -> float:
+        """w of the joint order: `generate.objective_weight` where the request sets it, else the validation choice."""
+        w = self.cfg.generate.objective_weight
+        return self.calib_weight if w is None else float(w)
+
+    def candidates(self, inter: Interactions, users: np.ndarray, ends: np.ndarray, k: int, steering=None):
+        """The retrieved lists before ordering, for re-ordering them under other objective weights (`joint_order`):
+        (items [n, k], log P_gen, P_calib), torch tensors on the CPU. Needs a calibrated order (not `beam`)."""
+        if self.rank_by == "beam":
+            raise ValueError("candidates() returns calibrated probabilities: use a joint or calibration system")
+        return self._search(inter, users, ends, k, steering)
+
+    @staticmethod
+    def joint_order(items: torch.Tensor, log_gen: torch.Tensor, probs: torch.Tensor,
+                    weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items, scores) by log P_gen + weight · log P_calib, best first; -1 pads stay last."""
+        scores = log_gen.double() + weight * torch.log(probs.double().clamp_min(1e-12))
+        scores = torch.where(items >= 0, scores, torch.full_like(scores, -np.inf))
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        return items.gather(1, order), scores.gather(1, order)
 
     def _order(self, items: torch.Tensor, log_gen: torch.Tensor, probs: torch.Tensor | None,
                weight: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(items, scores) re-ordered by this system's rule; -1 pads stay last."""
         if self.rank_by == "beam":
             return items, log_gen
-        if self.rank_by == "calibration":
-            scores = probs.double()
-        else:
-            scores = log_gen.double() + weight * torch.log(probs.double().clamp_min(1e-12))
-        scores = torch.where(items >= 0, scores, torch.full_like(scores, -np.inf))
+        if self.rank_by == "joint":
+            return self.joint_order(items, log_gen, probs, weight)
+        scores = torch.where(items >= 0, probs.double(), torch.full_like(probs.double(), -np.inf))
         order = scores.argsort(dim=1, descending=True, stable=True)
         return items.gather(1, order), scores.gather(1, order)
 
@@ -173,10 +225,15 @@ class GenerativeSystem:
         `rank_by="beam"` — their calibrated probabilities), returned on the CPU; the search runs on the model's
         device."""
         steering = steering if steering is not None else self.cfg.generate.steering
+        if not steering.exclude_seen and steering.repeat_bonus is None:
+            steering = dataclasses.replace(steering, repeat_bonus=self.repeat_bonus)
         info = self._info(inter)
         beam = max(self.cfg.generate.beam_size, k)
         users, ends = np.asarray(users, dtype=np.int64), np.asarray(ends, dtype=np.int64)
         among = None if among is None else torch.as_tensor(np.asarray(among, bool), device=self.trie.device)
+        # A history window changes what the model reads; exclude-seen still covers the whole history.
+        starts = (window_starts(inter, users, ends, steering.history_days, steering.history_events)
+                  if steering.windowed else None)
 
         def block(lo: int, hi: int):  # this rank's rows (all of them without a process group)
             n = hi - lo
@@ -185,7 +242,8 @@ class GenerativeSystem:
             out_probs = None if self.rank_by == "beam" else torch.zeros((n, k), dtype=torch.float32)
             for start in range(lo, hi, self.batch_size):
                 u, e = users[start:min(start + self.batch_size, hi)], ends[start:min(start + self.batch_size, hi)]
-                histories = gather_histories(inter, u, e, self.cfg.data.max_seq_len)
+                histories = gather_histories(inter, u, e, self.cfg.data.max_seq_len,
+                                             None if starts is None else starts[start:start + len(u)])
                 step, _ = self.model.make_step_fn(histories, self.codes)
                 seen_offsets, seen_items = _history_items(inter, u, e)
                 items, scores = constrained_beam_search(
