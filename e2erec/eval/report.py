@@ -450,7 +450,8 @@ def _training_section(systems: list[dict]) -> list[str]:
 # plots (Agg backend: no display on clusters)
 
 
-def _figure_bytes(fig) -> bytes:
+def figure_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (closed afterwards), for an atomic write."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -459,7 +460,8 @@ def _figure_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (reports are written on machines without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -469,7 +471,7 @@ def _pyplot():
 
 
 def _plot_metrics(results: list[dict]) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     keys = [k for k in ("hr@10", "ndcg@10", "mrr", "hr@50") if k in results[0]["overall"]]
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(keys) * len(results) / 2, 3.6))
     width = 0.8 / len(results)
@@ -483,14 +485,14 @@ def _plot_metrics(results: list[dict]) -> bytes:
     ax.set_ylabel("test value (95% bootstrap CI)")
     ax.legend(fontsize=8)
     ax.set_title("Accuracy, full ranking")
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
 
 
 def _plot_reliability(results: list[dict]) -> bytes | None:
     calibrated = [r for r in results if r["reliability"]]
     if not calibrated:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
     for r in calibrated:
@@ -503,11 +505,11 @@ def _plot_reliability(results: list[dict]) -> bytes | None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     ax.set_title("Reliability (test items)")
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
 
 
 def _plot_history(results: list[dict]) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     buckets = results[0]["by_history_length"]["buckets"]
     for r in results:
@@ -517,11 +519,11 @@ def _plot_history(results: list[dict]) -> bytes:
     ax.set_xlabel("history length (events before the target)")
     ax.set_ylabel(f"test {HEADLINE}")
     ax.legend(fontsize=8)
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
 
 
 def _plot_item_age(results: list[dict]) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ages = results[0]["by_item_age"]
     for r in results:
@@ -531,14 +533,14 @@ def _plot_item_age(results: list[dict]) -> bytes:
     ax.set_xlabel("item age at the target event (days since release)")
     ax.set_ylabel("test Recall@10")
     ax.legend(fontsize=8)
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
 
 
 def _plot_new_users(results: list[dict]) -> bytes | None:
     ks = sorted(int(name.removeprefix("new_user_k")) for name in results[0]["segments"] if name.startswith("new_user_k"))
     if not ks:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for r in results:
         seg = [r["segments"][f"new_user_k{k}"]["recall@10"] for k in ks]
@@ -550,14 +552,14 @@ def _plot_new_users(results: list[dict]) -> bytes | None:
     ax.set_xlabel("events of history (new users, held out of training)")
     ax.set_ylabel("test Recall@10 (95% bootstrap CI)")
     ax.legend(fontsize=8)
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
 
 
 def _plot_exploration(results: list[dict]) -> bytes | None:
     explored = [r for r in results if r.get("exploration")]
     if not explored:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for r in explored:
         rows = r["exploration"]["by_share"]
@@ -570,7 +572,7 @@ def _plot_exploration(results: list[dict]) -> bytes | None:
     ax.set_ylabel("hits per exploration slot")
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.legend(fontsize=7)
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
 
 
 def _validation_curves(results: list[dict]) -> list[tuple[str, dict]]:
@@ -608,7 +610,7 @@ def _training_figure(results: list[dict]):
         panels.setdefault((log["metric"], higher, unit), []).append((label, log, x))
     if not panels:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(len(panels), 3)
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
@@ -636,4 +638,4 @@ def _training_figure(results: list[dict]):
 
 def _plot_training(results: list[dict]) -> bytes | None:
     fig = _training_figure(results)
-    return None if fig is None else _figure_bytes(fig)
+    return None if fig is None else figure_bytes(fig)

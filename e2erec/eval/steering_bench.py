@@ -428,9 +428,9 @@ def render_markdown(bench: dict, dataset: str) -> str:
 def plot_objective_curve(curve: dict) -> bytes:
     """NDCG@10 against the list's mean P(positive) (the calibration head's) and against the realised positive share
     of its hits on the test targets, one point per w."""
-    from e2erec.eval.report import _figure_bytes, _pyplot
+    from e2erec.eval.report import figure_bytes, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     y = [pt["ndcg@10"]["value"] for pt in curve["points"]]
     for ax, key, label in ((axes[0], "mean_p_positive@10", "mean P(positive) of the top-10 (calibration head)"),
@@ -444,7 +444,7 @@ def plot_objective_curve(curve: dict) -> bytes:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("NDCG@10 (all test targets)")
     fig.suptitle("Engagement vs satisfaction: order by log P(next) + w log P(positive)")
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
 
 
 SECTION_START, SECTION_END = "<!-- steering-bench -->", "<!-- /steering-bench -->"
