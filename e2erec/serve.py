@@ -41,7 +41,7 @@ class Recommendation:
 
 
 class Recommender:
-    """A trained export behind `recommend`; load once, call per request (thread-compatible, not thread-safe)."""
+    """A trained export behind `recommend`: load once, then one call per request (one call at a time: not thread-safe)."""
 
     def __init__(self, system, inter: Interactions):
         self.system, self.inter = system, inter

@@ -13,9 +13,9 @@ applies the same instruction to that list, as a cascade in production does:
 - **input** (a history window): the cascade reads the windowed history (`e2erec.data.window.windowed_view`), so
   this one is not a post-filter; both systems still never show an item of the whole history.
 
-Per (instruction, system): compliance (the share of the shown top-10 items that satisfy a hard instruction, of the
-reserved slots holding the category for exploration, of the items in the boosted set for a soft one; none for a
-window), fullness (the share of the 10 slots filled), NDCG@10 on the eligible users (those whose test item
+Per (instruction, system): compliance (the share of the shown top-10 items that satisfy a hard instruction and are
+not in the history, of the reserved slots holding such a category item for exploration, of the items in the boosted
+set for a soft one; none for a window), fullness (the share of the 10 slots filled), NDCG@10 on the eligible users (those whose test item
 satisfies the instruction and is not in the history) with e2erec's paired difference to each cascade, NDCG@10 on
 every target (what the instruction costs the others), the eligible users, the wall seconds, and the fewest
 eligible items any user had. Instructions are built from the training log only (`instructions`).
@@ -173,8 +173,8 @@ def _row_metrics(instruction: Instruction, lists: np.ndarray, ctx) -> dict[str, 
     compliance = np.full(len(lists), np.nan)
     if instruction.ok is not None:
         good = instruction.ok[np.maximum(lists, 0)] & shown
-        if instruction.name == "exclude_seen":
-            good = shown & ~in_history(ctx.inter, ctx.targets, lists)
+        if instruction.kind != "soft":  # a hard or exploration row also promises no item of the history
+            good &= ~in_history(ctx.inter, ctx.targets, lists)
         if instruction.kind == "explore":
             slots = explore_slots(CUT, instruction.steering["explore_share"]).numpy()
             good, shown = good[:, slots], shown[:, slots]
