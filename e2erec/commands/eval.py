@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
         pair, _ = GenerativeSystem.both_orders(export, inter, cfg, args.device)
         for system in pair:
-            system.fit(inter, split, ctx)  # the joint order's weight, on validation
+            system.fit(inter, split, ctx)  # the joint order's weight (and any repeat bonus), on validation
             if len(args.export) > 1:  # tell the models apart by their run folder
                 system.name = f"{system.name}:{Path(export).resolve().parent.name}"
         generative += pair

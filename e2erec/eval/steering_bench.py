@@ -338,7 +338,8 @@ def repeat_comparison(e2erec, ctx: BenchContext) -> dict:
     test item is already in the history) and on the others; paired differences to the rule."""
     is_repeat = ctx.repeat
     base = e2erec.cfg.generate.steering
-    bonus = e2erec.choose_repeat_bonus(ctx.inter, ctx.split)
+    chosen = "repeat_valid" in (e2erec.fit_log or {})  # `fit` chose it already (under eval.allow_repeats)
+    bonus = e2erec.repeat_bonus if chosen else e2erec.choose_repeat_bonus(ctx.inter, ctx.split)
     out = {"repeat_targets": int(is_repeat.sum()), "repeat_target_share": float(is_repeat.mean()),
            "chosen_bonus": None if np.isinf(bonus) else bonus,
            "valid": (e2erec.fit_log or {}).get("repeat_valid")}
