@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from e2erec.eval import metrics as M
-from e2erec.eval.protocol import Recommender, history_csr
+from e2erec.eval.protocol import Recommender, history_counts, in_history
 from e2erec.generate.explore import interleave, n_explore_slots, take_slots
 
 CUT = 10  # exploration is measured in the top-10, the list a user sees first
@@ -52,14 +52,10 @@ class ExplorationTargets:
 
     def __init__(self, ctx):
         self.long_tail = ~ctx.head
-        rows, items = history_csr(ctx.inter, ctx.targets)
-        n = len(ctx.targets)
-        distinct = np.unique(rows * ctx.inter.n_items + items)  # a repeated item is one item the dice cannot draw
-        self.history_long_tail = np.bincount(distinct // ctx.inter.n_items,
-                                             weights=self.long_tail[distinct % ctx.inter.n_items], minlength=n)
-        in_history = np.zeros(n, bool)
-        in_history[rows[items == ctx.items[rows]]] = True
-        self.target_drawable = self.long_tail[ctx.items] & ~in_history
+        # A repeated item is one item the dice cannot draw.
+        self.history_long_tail = history_counts(ctx.inter, ctx.targets, self.long_tail)
+        seen = in_history(ctx.inter, ctx.targets, ctx.items[:, None])[:, 0]
+        self.target_drawable = self.long_tail[ctx.items] & ~seen
 
 
 def evaluate_exploration(system: Recommender, ctx, recs: np.ndarray) -> tuple[dict | None, dict]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,8 @@ import torch
 from e2erec.data.types import Interactions, Split
 from e2erec.data.window import DAY_S, window_mask, windowed_view
 from e2erec.eval import metrics as M
-from e2erec.eval.protocol import history_csr, in_history, target_users, training_targets
+from e2erec.eval.protocol import history_counts, in_history, target_users, training_targets
+from e2erec.generate.beam import ItemInfo
 from e2erec.generate.config import SteeringConfig
 from e2erec.generate.explore import explore_slots, interleave, take_slots
 from e2erec.utils.io import atomic_write_bytes, atomic_write_text
@@ -56,16 +57,11 @@ class Instruction:
     kind: str  # hard | soft | explore | input
     steering: dict
     ok: np.ndarray | None = None  # items that satisfy it (None: an input instruction)
-    note: str = ""
-    window: dict = field(default_factory=dict)  # history_days / history_events of an input instruction
+    note: str = ""  # for an input instruction, `steering` holds its history_days / history_events
 
     @property
     def hard(self) -> bool:
         return self.kind == "hard"
-
-
-def _category_mask(inter: Interactions, name: str) -> np.ndarray:
-    return np.array([name in cats for cats in inter.items.categories], bool)
 
 
 def instructions(inter: Interactions, split: Split) -> list[Instruction]:
@@ -87,11 +83,11 @@ def instructions(inter: Interactions, split: Split) -> list[Instruction]:
     out = [Instruction("exclude_seen", "hard", {"exclude_seen": True}, np.ones(n, bool),
                        "never an item of the user's history")]
     for label, window in (("window_3_days", {"history_days": 3.0}), ("window_20_events", {"history_events": 20})):
-        out.append(Instruction(label, "input", window, None, "the model reads only this part of the history",
-                               window))
-    names = sorted({c for cats in inter.items.categories for c in cats})
+        out.append(Instruction(label, "input", window, None, "the model reads only this part of the history"))
+    info = ItemInfo.from_table(inter.items)
+    names = info.categories
     if names:
-        share_items = {c: _category_mask(inter, c) for c in names}
+        share_items = {c: info.multi_hot[:, j].numpy() for j, c in enumerate(names)}
         big = [c for c in names if share_items[c].mean() >= 0.05]
         all_share = {c: share_items[c][items].mean() for c in big}
         week_share = {c: share_items[c][items[recent]].mean() for c in big}
@@ -188,11 +184,7 @@ def eligible_items_min(instruction: Instruction, ctx) -> int:
     """The fewest items any test user could be shown in the slots the instruction governs: those satisfying it
     (every item for a boost or a window), less its history's."""
     pool = instruction.ok if instruction.kind in ("hard", "explore") else np.ones(ctx.inter.n_items, bool)
-    rows, items = history_csr(ctx.inter, ctx.targets)
-    distinct = np.unique(rows.astype(np.int64) * ctx.inter.n_items + items)
-    seen = np.bincount(distinct // ctx.inter.n_items, weights=pool[distinct % ctx.inter.n_items],
-                       minlength=len(ctx.targets))
-    return int((pool.sum() - seen).min())
+    return int((pool.sum() - history_counts(ctx.inter, ctx.targets, pool)).min())
 
 
 class BenchContext:
@@ -213,7 +205,7 @@ class BenchContext:
         excludes seen items); for a window, the window holds an event."""
         fresh = ~self.repeat
         if instruction.kind == "input":
-            return fresh & window_mask(self.inter, self.users, self.targets, **instruction.window)
+            return fresh & window_mask(self.inter, self.users, self.targets, **instruction.steering)
         return fresh & instruction.ok[self.items]
 
     def mean(self, values: np.ndarray, mask: np.ndarray) -> dict:
@@ -226,12 +218,12 @@ def _cascade_lists(cascade, instruction: Instruction, ctx: BenchContext, n: int,
     """The cascade's top-n with the instruction applied after ranking, and the seconds a request pays for both
     (its ranking of the unwindowed log is computed once per n and reused: the instruction does not change it)."""
     depth = cascade.n_candidates
-    t0 = time.perf_counter()
     cascade.n_candidates = n  # the retrieval stage hands n candidates to the ranker
     try:
+        t0 = time.perf_counter()
         if instruction.kind == "input":
-            view, view_targets = windowed_view(ctx.inter, ctx.targets, **instruction.window)
-            ranked, rank_seconds = np.asarray(cascade.recommend(view, view_targets, n)), 0.0
+            view, view_targets = windowed_view(ctx.inter, ctx.targets, **instruction.steering)
+            ranked, rank_seconds = np.asarray(cascade.recommend(view, view_targets, n)), time.perf_counter() - t0
         else:
             if (cascade.name, n) not in cache:
                 cache[(cascade.name, n)] = (np.asarray(cascade.recommend(ctx.inter, ctx.targets, n)),
@@ -241,7 +233,7 @@ def _cascade_lists(cascade, instruction: Instruction, ctx: BenchContext, n: int,
         cascade.n_candidates = depth
     t1 = time.perf_counter()
     lists = post_filter(instruction, ctx.inter, ctx.targets, ranked)
-    return lists, (time.perf_counter() - t1) + (rank_seconds or t1 - t0)
+    return lists, rank_seconds + time.perf_counter() - t1
 
 
 def sample_users(inter: Interactions, split: Split, max_users: int, seed: int = 0) -> Split:

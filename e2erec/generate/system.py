@@ -202,10 +202,7 @@ class GenerativeSystem:
     def joint_order(items: torch.Tensor, log_gen: torch.Tensor, probs: torch.Tensor,
                     weight: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(items, scores) by log P_gen + weight · log P_calib, best first; -1 pads stay last."""
-        scores = log_gen.double() + weight * torch.log(probs.double().clamp_min(1e-12))
-        scores = torch.where(items >= 0, scores, torch.full_like(scores, -np.inf))
-        order = scores.argsort(dim=1, descending=True, stable=True)
-        return items.gather(1, order), scores.gather(1, order)
+        return _by_score(items, log_gen.double() + weight * torch.log(probs.double().clamp_min(1e-12)))
 
     def _order(self, items: torch.Tensor, log_gen: torch.Tensor, probs: torch.Tensor | None,
                weight: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,9 +211,7 @@ class GenerativeSystem:
             return items, log_gen
         if self.rank_by == "joint":
             return self.joint_order(items, log_gen, probs, weight)
-        scores = torch.where(items >= 0, probs.double(), torch.full_like(probs.double(), -np.inf))
-        order = scores.argsort(dim=1, descending=True, stable=True)
-        return items.gather(1, order), scores.gather(1, order)
+        return _by_score(items, probs.double())
 
     @torch.no_grad()
     def _search(self, inter: Interactions, users: np.ndarray, ends: np.ndarray, k: int, steering=None,
@@ -285,6 +280,13 @@ class GenerativeSystem:
             return out
 
         return sharded_rows(block, len(targets))
+
+def _by_score(items: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(items, scores) sorted by score, best first (stable); -1 pads get -inf and stay last."""
+    scores = torch.where(items >= 0, scores, torch.full_like(scores, -np.inf))
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    return items.gather(1, order), scores.gather(1, order)
+
 
 def _history_items(inter: Interactions, users: np.ndarray, ends: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Jagged (offsets [n + 1], items) of the events offsets[u]:end of each (user, end): what exclude-seen reads."""
