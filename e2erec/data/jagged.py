@@ -94,9 +94,17 @@ def gather_histories(inter: Interactions, users: np.ndarray, ends: np.ndarray, m
     np.cumsum(lens, out=out[1:])
     # Row of token j of sequence b is starts[b] + (j - out[b]).
     rows = np.arange(out[-1], dtype=np.int64) + np.repeat(starts - out[:-1], lens)
+    return batch_of_rows(inter, users, out, rows)
+
+
+def batch_of_rows(inter: Interactions, users: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> JaggedBatch:
+    """The JaggedBatch whose sequence b holds the log's events `rows[offsets[b]:offsets[b + 1]]` (flat event
+    indices, oldest first) as user `users[b]`'s history: one gather per field."""
+    offsets = np.asarray(offsets, np.int64)
+    lens = np.diff(offsets)
     return JaggedBatch(
-        offsets=torch.from_numpy(out),
-        user=torch.from_numpy(users.copy()),
+        offsets=torch.from_numpy(offsets.copy()),
+        user=torch.from_numpy(np.asarray(users, np.int64).copy()),
         item=torch.from_numpy(np.asarray(inter.item)[rows].astype(np.int64, copy=False)),
         timestamp=torch.from_numpy(np.asarray(inter.timestamp)[rows].astype(np.int64, copy=False)),
         feedback=torch.from_numpy(np.asarray(inter.feedback)[rows].astype(np.float32, copy=False)),

@@ -450,6 +450,18 @@ def _training_section(systems: list[dict]) -> list[str]:
 # plots (Agg backend: no display on clusters)
 
 
+def put_section(report: Path, name: str, markdown: str) -> None:
+    """Write `markdown` into `report` (a report.md, when there is one) between `<!-- name -->` markers, replacing
+    that section if an earlier run put one there; atomic."""
+    if not report.exists():
+        return
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = report.read_text()
+    if start in text and end in text:
+        text = text[:text.index(start)] + text[text.index(end) + len(end):]
+    atomic_write_text(report, f"{text.rstrip()}\n\n{start}\n{markdown}\n{end}\n")
+
+
 def figure_bytes(fig) -> bytes:
     """A matplotlib figure as PNG bytes (closed afterwards), for an atomic write."""
     import matplotlib.pyplot as plt

@@ -440,22 +440,19 @@ def plot_objective_curve(curve: dict) -> bytes:
     return figure_bytes(fig)
 
 
-SECTION_START, SECTION_END = "<!-- steering-bench -->", "<!-- /steering-bench -->"
+SECTION = "steering-bench"  # its report.md section's marker
 
 
 def write_bench(bench: dict, out: Path, dataset: str) -> Path:
     """steering_bench.json, steering_bench.md and objective_curve.png in `out`; the section also goes into
     `out/report.md` when there is one (replacing an earlier bench section). Every file is written atomically."""
+    from e2erec.eval.report import put_section
+
     out.mkdir(parents=True, exist_ok=True)
     path = out / "steering_bench.json"
     atomic_write_text(path, json.dumps({"dataset": dataset, **bench}, indent=1))
     md = render_markdown(bench, dataset)
     atomic_write_text(out / "steering_bench.md", md)
     atomic_write_bytes(out / "objective_curve.png", plot_objective_curve(bench["objective_curve"]))
-    report = out / "report.md"
-    if report.exists():
-        text = report.read_text()
-        if SECTION_START in text:
-            text = text[:text.index(SECTION_START)] + text[text.index(SECTION_END) + len(SECTION_END):]
-        atomic_write_text(report, f"{text.rstrip()}\n\n{SECTION_START}\n{md}\n{SECTION_END}\n")
+    put_section(out / "report.md", SECTION, md)
     return path

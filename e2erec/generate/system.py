@@ -266,6 +266,19 @@ class GenerativeSystem:
         return self.generate(inter, targets, k, among=among)[0]
 
     @torch.no_grad()
+    def p_positive(self, inter: Interactions, users: np.ndarray, ends: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """The calibration head's P(positive) float64 [n, k] of items int64 [n, k] (-1: 0) after the histories
+        `offsets[u]:ends` (a request that is not a target event, e.g. after a user's whole history)."""
+        users, ends, items = np.asarray(users, np.int64), np.asarray(ends, np.int64), np.asarray(items, np.int64)
+        out = np.zeros(items.shape, np.float64)
+        for lo in range(0, len(users), self.batch_size):
+            sl = slice(lo, lo + self.batch_size)
+            histories = gather_histories(inter, users[sl], ends[sl], self.cfg.data.max_seq_len)
+            probs = self.model.score_candidates(histories, torch.from_numpy(items[sl].clip(0)), self.codes)
+            out[sl] = np.where(items[sl] >= 0, probs.cpu().double().numpy(), 0.0)
+        return out
+
+    @torch.no_grad()
     def predict_proba(self, inter: Interactions, targets: np.ndarray, items: np.ndarray) -> np.ndarray:
         targets = np.asarray(targets, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)

@@ -46,7 +46,7 @@ from e2erec_kernels import jagged_attention
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from e2erec.model.batch import LABEL_POSITIVE, ModelBatch, build_model_batch
+from e2erec.model.batch import LABEL_POSITIVE, ModelBatch, build_model_batch, trie_code_mask
 from e2erec.model.config import ModelConfig
 
 PRIOR_WEIGHT = 5.0  # pseudo-events at the base rate in every smoothed positive rate (the cascade ranker's too)
@@ -474,6 +474,22 @@ class GenerativeRecommender(nn.Module):
         weight = (self.code_emb if self.code_out is None else self.code_out)[level].weight  # (K, d), as _code_logits
         u = self.level_norm[level](z)  # per beam, before the gather: P can be many times B x beams
         return (u[row, beam] * weight[code]).sum(-1)
+
+    @torch.no_grad()
+    def item_log_probs(self, hidden: torch.Tensor, items: torch.Tensor, codes: torch.Tensor, trie) -> torch.Tensor:
+        """log P_gen(item | history) among real items, float32 [B, C], for the encoded histories' next-item states
+        `hidden` [B, d] and item ids `items` [B, C] (-1: -inf): each level's softmax over the codes the trie
+        allows (`trie_code_mask`), summed over levels. The score the constrained beam search gives an item before
+        steering, computed teacher-forced for items chosen elsewhere (what an explanation attributes)."""
+        B, C = items.shape
+        flat = items.reshape(-1).to(hidden.device)
+        real = flat.clamp_min(0)
+        target = codes.to(hidden.device)[real]  # (B*C, L)
+        z = hidden[:, None, :].expand(B, C, -1).reshape(B * C, -1)
+        total = torch.zeros(B * C, device=hidden.device)
+        for level, logits in enumerate(self.generative_logits(z, target, trie_code_mask(trie, real))):
+            total += torch.log_softmax(logits.float(), dim=-1).gather(1, target[:, level:level + 1]).squeeze(1)
+        return torch.where(flat >= 0, total, torch.full_like(total, float("-inf"))).view(B, C)
 
     def make_step_fn(self, histories, codes: torch.Tensor) -> tuple[StepFn, HistoryState]:
         """(step_fn, state) for beam search: ``step_fn(level, prefix [B, beams, level], state) -> log-probs

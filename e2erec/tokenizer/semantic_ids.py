@@ -5,6 +5,8 @@ On disk (a folder written atomically)::
     codes.safetensors   codes int64 [n_items, n_levels] (+ RQ-KMeans centroids, one [K, d] tensor per level)
     meta.json           version, dataset name + fingerprint + n_items, embedding, encoder, template, quantizer,
                         levels, codebook_sizes (incl. the disambiguation level), metrics
+    prefixes.json       what each code prefix means: its items' category and decade shares, in words
+                        (`e2erec.tokenizer.describe`); absent in artifacts built before it, then computed on load
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ VERSION = 1  # the artifact's format: what `load` reads
 # How the codes are computed, part of the cache key only (an artifact of an older build still loads): 2 = items
 # without training events get a collaborative half predicted from their text (hybrid), float32 SVD products.
 BUILD = 2
+PREFIXES_FILE = "prefixes.json"
 
 
 @dataclass
@@ -42,6 +45,7 @@ class SemanticIDs:
     codebook_sizes: list[int]  # per level, including the disambiguation level when there is one
     meta: dict = field(default_factory=dict)
     centroids: list[torch.Tensor] = field(default_factory=list)
+    prefixes: dict = field(default_factory=dict)  # prefix key -> description (`e2erec.tokenizer.describe`)
     _trie: PrefixTrie | None = field(default=None, repr=False)
 
     @property
@@ -62,6 +66,20 @@ class SemanticIDs:
         """Codes long [..., n_levels] -> item ids long [...]; -1 where the codes name no item."""
         return self.trie.lookup(codes)
 
+    @property
+    def described_levels(self) -> int:
+        """Prefix depths with descriptions: the quantizer's levels but the last (whose groups are a few items
+        each) and never the disambiguation level."""
+        return max(1, int(self.meta.get("levels", self.n_levels)) - 1)
+
+    def describe(self, items) -> dict:
+        """The prefix descriptions, computed from the item table (`ItemTable`) when the artifact has none."""
+        if not self.prefixes:
+            from e2erec.tokenizer.describe import describe_prefixes
+
+            self.prefixes = describe_prefixes(self.codes.numpy(), items.categories, items.year, self.described_levels)
+        return self.prefixes
+
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
@@ -70,6 +88,8 @@ class SemanticIDs:
             save_file(tensors, str(tmp / "codes.safetensors"))
             atomic_write_json(tmp / "meta.json", {**self.meta, "codebook_sizes": self.codebook_sizes,
                                                   "version": VERSION})
+            if self.prefixes:
+                atomic_write_json(tmp / PREFIXES_FILE, self.prefixes)
             write_manifest(tmp)
         return directory
 
@@ -101,7 +121,14 @@ class SemanticIDs:
             check_matches(meta, inter, directory)
         n_centroids = sum(1 for k in tensors if k.startswith("centroids."))
         centroids = [tensors[f"centroids.{i}"] for i in range(n_centroids)]
-        return cls(codes, sizes, meta, centroids)
+        prefixes = {}
+        if (directory / PREFIXES_FILE).exists():
+            try:
+                prefixes = json.loads((directory / PREFIXES_FILE).read_text())
+            except json.JSONDecodeError as e:
+                raise ArtifactMismatchError(f"{directory / PREFIXES_FILE}: line {e.lineno} column {e.colno}: "
+                                            f"invalid JSON ({e.msg})") from None
+        return cls(codes, sizes, meta, centroids, prefixes)
 
 
 def check_matches(meta: dict, inter: Interactions, where: str | Path) -> None:
@@ -158,6 +185,7 @@ def build_semantic_ids(
         "quantizer": cfg.quantizer, "levels": cfg.levels, "tokenizer_config": to_dict(cfg), "metrics": metrics,
     }
     sem = SemanticIDs(codes, sizes, meta, [c.cpu() for c in q.centroids])
+    sem.describe(inter.items)
     return sem, metrics
 
 

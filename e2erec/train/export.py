@@ -6,7 +6,8 @@ and without the training cache: everything generation needs travels in the folde
         config.json          the model's config, Hugging Face style (model_type, architectures, sizes)
         config.yaml          the resolved run config (`e2erec train --config config.yaml` retrains it)
         meta.json            format, codebook sizes, catalogue size, step, record; the semantic IDs' digest
-        semantic_ids/        the semantic-ID artifact the model was trained with (codes, trie source, centroids)
+        semantic_ids/        the semantic-ID artifact the model was trained with (codes, trie source, centroids,
+                             prefix descriptions)
         items.parquet        item index -> the dataset's raw id, title, categories, year
         README.md            the model card: training data, validation metrics, how it was trained and how to use it
 
@@ -81,8 +82,9 @@ def export_model(out_dir: Path, state: dict[str, torch.Tensor], meta: dict[str, 
             atomic_write_json(tmp / "config.json", hf_config(cfg, meta))
             atomic_write_json(tmp / "meta.json", meta)
             (tmp / SEMANTIC_IDS_DIR).mkdir()
-            for name in ("codes.safetensors", "meta.json"):
-                _link_or_copy(Path(semantic_ids) / name, tmp / SEMANTIC_IDS_DIR / name)
+            for name in ("codes.safetensors", "meta.json", "prefixes.json"):
+                if name != "prefixes.json" or (Path(semantic_ids) / name).exists():  # older artifacts have none
+                    _link_or_copy(Path(semantic_ids) / name, tmp / SEMANTIC_IDS_DIR / name)
             _link_or_copy(Path(item_table), tmp / ITEMS_FILE)
             atomic_write_text(tmp / "README.md", model_card(cfg, meta))
             write_manifest(tmp)
