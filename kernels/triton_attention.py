@@ -29,15 +29,25 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # ---------------------------------------------------------------------------------------------- configs
 
 
+# The autotune configs on a GPU, (BLOCK_M, BLOCK_N, num_warps, num_stages): the FlashAttention-2 tutorial's
+# Hopper/Ampere sweet spots plus smaller-N variants for the backward (its dk/dv kernel holds two (BLOCK_N, D) fp32
+# accumulators). Untuned on a GPU yet; `scripts/compile_kernels.py` measures their registers and spills for sm_90.
+GPU_CONFIG_SHAPES = [(128, 64, 8, 2), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2),
+                     (128, 32, 4, 3), (64, 32, 4, 3), (64, 128, 4, 2)]
+
+
 def _configs():
     if not torch.cuda.is_available():
         # Never used for launches (see _launch); a single config keeps @triton.autotune from benchmarking.
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    # The FlashAttention-2 tutorial's Hopper/Ampere sweet spots plus smaller-N variants for the backward (its
-    # dk/dv kernel holds two (BLOCK_N, D) fp32 accumulators). Untuned on a GPU yet: no GPU in the dev session.
-    shapes = [(128, 64, 8, 2), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2), (128, 32, 4, 3),
-              (64, 32, 4, 3), (64, 128, 4, 2)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in GPU_CONFIG_SHAPES]
+
+
+def kept_by_prune(block_m: int, block_n: int, head_dim: int, len_bucket: int = 1 << 30) -> bool:
+    """Whether `_prune` keeps a (BLOCK_M, BLOCK_N) tile: not too big for the head dim (spills), not longer than
+    every sequence (waste)."""
+    return ((head_dim <= 64 or block_m * block_n <= 128 * 64) and (head_dim <= 128 or block_n <= 32)
+            and block_m <= max(64, len_bucket) and block_n <= max(32, len_bucket))
 
 
 def _prune(configs, named_args, **kwargs):
@@ -46,14 +56,7 @@ def _prune(configs, named_args, **kwargs):
         return configs
     head_dim = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
     len_bucket = kwargs.get("LEN_BUCKET", named_args.get("LEN_BUCKET", 1 << 30))
-    kept = [
-        c
-        for c in configs
-        if (head_dim <= 64 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 64)
-        and (head_dim <= 128 or c.kwargs["BLOCK_N"] <= 32)
-        and c.kwargs["BLOCK_M"] <= max(64, len_bucket)
-        and c.kwargs["BLOCK_N"] <= max(32, len_bucket)
-    ]
+    kept = [c for c in configs if kept_by_prune(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], head_dim, len_bucket)]
     return kept or configs[:1]
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import os
@@ -50,9 +51,12 @@ def flops(lengths, heads, dim, backward: bool) -> float:
     return (14 if backward else 4) * dim * heads * causal_pairs(lengths)
 
 
-def batch_for(max_len, tokens, seed=0):
-    batch = max(1, round(tokens / (0.25 * max_len)))
-    return skewed_lengths(batch, max_len, 0.25, seed)
+def batch_for(max_len, tokens, mean_frac=0.25, seed=0):
+    """Lengths of a batch of ~`tokens` real tokens: skewed with mean/max ~= mean_frac, or all max_len at 1."""
+    batch = max(1, round(tokens / (mean_frac * max_len)))
+    if mean_frac >= 1.0:
+        return [max_len] * batch
+    return skewed_lengths(batch, max_len, mean_frac, seed)
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -154,7 +158,7 @@ def child_memory(args):
     the high-water mark (VmHWM) after set-up, so import-time peaks don't hide the method's.
     """
     torch.set_num_threads(1)
-    lengths = batch_for(args.max_len, args.tokens)
+    lengths = batch_for(args.max_len, args.tokens, args.mean_frac)
     q, k, v, offsets = _inputs(lengths, args.heads, args.dim, torch.float32, "cpu")
     dout = torch.randn_like(q)
     method = cpu_methods(args.kind)[args.method]
@@ -167,36 +171,39 @@ def child_memory(args):
 def run_cpu(args):
     torch.set_num_threads(1)
     rows = []
-    for kind in args.kinds:
-        for max_len in args.max_lens:
-            lengths = batch_for(max_len, args.tokens)
-            q, k, v, offsets = _inputs(lengths, args.heads, args.dim, torch.float32, "cpu")
-            dout = torch.randn_like(q)
-            ref = None
-            for name, method in cpu_methods(kind).items():
-                with torch.no_grad():
-                    out = method(q, k, v, offsets, max_len, lengths, kind)
-                ref = out if ref is None else ref
-                assert torch.allclose(out, ref, atol=1e-4, rtol=1e-3), f"{name} disagrees with the dispatch path"
-                fwd = _time_cpu(functools.partial(method, q, k, v, offsets, max_len, lengths, kind), args.reps)
-                fb = _time_cpu(_fwd_bwd(method, q, k, v, offsets, max_len, lengths, kind, dout), args.reps)
+    for kind, max_len, frac in itertools.product(args.kinds, args.max_lens, args.mean_fracs):
+        lengths = batch_for(max_len, args.tokens, frac)
+        q, k, v, offsets = _inputs(lengths, args.heads, args.dim, torch.float32, "cpu")
+        dout = torch.randn_like(q)
+        ref = None
+        for name, method in cpu_methods(kind).items():
+            with torch.no_grad():
+                out = method(q, k, v, offsets, max_len, lengths, kind)
+            ref = out if ref is None else ref
+            assert torch.allclose(out, ref, atol=1e-4, rtol=1e-3), f"{name} disagrees with the dispatch path"
+            fwd = _time_cpu(functools.partial(method, q, k, v, offsets, max_len, lengths, kind), args.reps)
+            fb = _time_cpu(_fwd_bwd(method, q, k, v, offsets, max_len, lengths, kind, dout), args.reps)
+            peak = None
+            if args.memory:
                 mem = subprocess.run(
                     [sys.executable, __file__, "--_child-memory", "--kind", kind, "--method", name,
                      "--max-len", str(max_len), "--tokens", str(args.tokens), "--heads", str(args.heads),
-                     "--dim", str(args.dim)],
+                     "--dim", str(args.dim), "--mean-frac", str(frac)],
                     capture_output=True, text=True, check=True,
                     env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},
                 )
-                rows.append({
-                    "mode": "cpu", "kind": kind, "max_len": max_len, "batch": len(lengths), "tokens": sum(lengths),
-                    "heads": args.heads, "dim": args.dim, "dtype": "fp32", "method": name, "fwd_ms": fwd,
-                    "fwd_bwd_ms": fb,
-                    "peak_mib": json.loads(mem.stdout.strip().splitlines()[-1])["peak_mib"],
-                })
-                print(_fmt_row(rows[-1]), flush=True)
+                peak = json.loads(mem.stdout.strip().splitlines()[-1])["peak_mib"]
+            rows.append({
+                "mode": "cpu", "kind": kind, "max_len": max_len, "mean_frac": frac, "batch": len(lengths),
+                "tokens": sum(lengths),
+                "heads": args.heads, "dim": args.dim, "dtype": "fp32", "method": name, "fwd_ms": fwd,
+                "fwd_bwd_ms": fb,
+                "peak_mib": peak,
+            })
+            print(_fmt_row(rows[-1]), flush=True)
     for r in rows:  # ratio of each method's time to the dispatch path's, same batch
         base = next(x for x in rows if x["kind"] == r["kind"] and x["max_len"] == r["max_len"]
-                    and x["method"].startswith("dispatch"))
+                    and x["mean_frac"] == r["mean_frac"] and x["method"].startswith("dispatch"))
         r["fwd_bwd_vs_dispatch"] = r["fwd_bwd_ms"] / base["fwd_bwd_ms"]
         r["fwd_vs_dispatch"] = r["fwd_ms"] / base["fwd_ms"]
     return rows
@@ -271,31 +278,31 @@ def run_gpu(args):
         errs = check(K.jagged_attention_reference, K.jagged_attention, x)
         print(f"check {kind} bf16 vs reference: {errs}")
     rows = []
-    for kind in args.kinds:
-        for max_len in args.max_lens:
-            lengths = batch_for(max_len, args.tokens)
-            q, k, v, offsets = _inputs(lengths, args.heads, args.dim, dtype, device)
-            dout = torch.randn_like(q)
-            for name, fn in gpu_methods(kind, lengths, offsets, max_len, args.heads, device).items():
-                try:
-                    fn(q, k, v).backward(dout)  # warm-up: compile, autotune
-                    fwd = triton.testing.do_bench(functools.partial(fn, q, k, v))
-                    fb = triton.testing.do_bench(
-                        functools.partial(_backward, fn, q, k, v, dout), grad_to_none=[q, k, v]
-                    )
-                except Exception as e:  # noqa: BLE001 -- e.g. OOM of a padded baseline at 8192
-                    print(f"{kind} {max_len} {name}: failed ({type(e).__name__}: {str(e)[:120]})")
-                    torch.cuda.empty_cache()
-                    continue
-                rows.append({
-                    "mode": "gpu", "device": torch.cuda.get_device_name(), "kind": kind, "max_len": max_len,
-                    "batch": len(lengths), "tokens": sum(lengths), "heads": args.heads, "dim": args.dim,
-                    "dtype": "bf16",
-                    "method": name, "fwd_ms": fwd, "fwd_bwd_ms": fb,
-                    "fwd_tflops": flops(lengths, args.heads, args.dim, False) / fwd / 1e9,
-                    "fwd_bwd_tflops": flops(lengths, args.heads, args.dim, True) / fb / 1e9,
-                })
-                print(_fmt_row(rows[-1]), flush=True)
+    for kind, max_len, frac in itertools.product(args.kinds, args.max_lens, args.mean_fracs):
+        lengths = batch_for(max_len, args.tokens, frac)
+        q, k, v, offsets = _inputs(lengths, args.heads, args.dim, dtype, device)
+        dout = torch.randn_like(q)
+        for name, fn in gpu_methods(kind, lengths, offsets, max_len, args.heads, device).items():
+            try:
+                fn(q, k, v).backward(dout)  # warm-up: compile, autotune
+                fwd = triton.testing.do_bench(functools.partial(fn, q, k, v))
+                fb = triton.testing.do_bench(
+                    functools.partial(_backward, fn, q, k, v, dout), grad_to_none=[q, k, v]
+                )
+            except Exception as e:  # noqa: BLE001 -- e.g. OOM of a padded baseline at 8192
+                print(f"{kind} {max_len} {name}: failed ({type(e).__name__}: {str(e)[:120]})")
+                torch.cuda.empty_cache()
+                continue
+            rows.append({
+                "mode": "gpu", "device": torch.cuda.get_device_name(), "kind": kind, "max_len": max_len,
+                "mean_frac": frac,
+                "batch": len(lengths), "tokens": sum(lengths), "heads": args.heads, "dim": args.dim,
+                "dtype": "bf16",
+                "method": name, "fwd_ms": fwd, "fwd_bwd_ms": fb,
+                "fwd_tflops": flops(lengths, args.heads, args.dim, False) / fwd / 1e9,
+                "fwd_bwd_tflops": flops(lengths, args.heads, args.dim, True) / fb / 1e9,
+            })
+            print(_fmt_row(rows[-1]), flush=True)
     return rows
 
 
@@ -304,8 +311,8 @@ def run_gpu(args):
 
 def _fmt_row(r):
     extra = (f"{r['fwd_tflops']:7.1f} {r['fwd_bwd_tflops']:7.1f} TFLOP/s" if r["mode"] == "gpu"
-             else f"{r['peak_mib']:9.1f} MiB peak")
-    return (f"{r['kind']:8s} L={r['max_len']:5d} B={r['batch']:4d} {r['method']:28s} "
+             else "" if r["peak_mib"] is None else f"{r['peak_mib']:9.1f} MiB peak")
+    return (f"{r['kind']:8s} L={r['max_len']:5d} m/M={r['mean_frac']:.2f} B={r['batch']:4d} {r['method']:28s} "
             f"fwd {r['fwd_ms']:9.2f} ms  fwd+bwd {r['fwd_bwd_ms']:9.2f} ms  {extra}")
 
 
@@ -314,7 +321,8 @@ def _table(rows):
         head = "| kind | max_len | batch | method | fwd ms | fwd+bwd ms | fwd+bwd / dispatch | peak MiB (fwd+bwd) |"
         lines = [head, "|" + "---|" * 8]
         lines += [f"| {r['kind']} | {r['max_len']} | {r['batch']} | {r['method']} | {r['fwd_ms']:.1f} | "
-                  f"{r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_vs_dispatch']:.2f} | {r['peak_mib']:.0f} |" for r in rows]
+                  f"{r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_vs_dispatch']:.2f} | "
+                  f"{'-' if r['peak_mib'] is None else round(r['peak_mib'])} |" for r in rows]
     else:
         head = "| kind | max_len | batch | method | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |"
         lines = [head, "|" + "---|" * 8]
@@ -348,16 +356,21 @@ def main():
     mode.add_argument("--cpu", action="store_true", help="CPU mode (default when no GPU)")
     mode.add_argument("--gpu", action="store_true")
     p.add_argument("--max-lens", type=int, nargs="+", default=None)
+    p.add_argument("--mean-fracs", type=float, nargs="+", default=[0.25],
+                   help="mean/max of the batch's lengths: skewed below 1, every sequence at max_len at 1")
     p.add_argument("--kinds", nargs="+", default=["softmax", "hstu"])
     p.add_argument("--tokens", type=int, default=None, help="real tokens per batch (default: cpu 8192, gpu 65536)")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dim", type=int, default=None, help="head dim (default: cpu 32, gpu 64)")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="CPU mode: skip the peak-memory subprocess per method (scripts/gpu_check.sh --dry-run)")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_attention"))
     p.add_argument("--_child-memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kind", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--max-len", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--mean-frac", type=float, default=0.25, help=argparse.SUPPRESS)
     args = p.parse_args()
     gpu = args.gpu or (not args.cpu and torch.cuda.is_available())
     args.tokens = args.tokens or (65536 if gpu else 8192)
