@@ -8,9 +8,10 @@ Every occluded history of a request scores all of its items at once (one encoder
 the items cost only the small code decoder), so a user with n candidate events costs n encoder passes of its
 history, whatever the list's length.
 
-`candidate_events` bounds that cost: by default the most recent `max_events` events of the history the model reads
-(older ones are occluded too when the history is shorter). The explain bench measures what the bound costs in
-faithfulness (`e2erec.explain.bench`).
+`candidate_events` bounds that cost: the latest events and each item's most similar ones, `max_events` in all.
+Events also act together (the latest few matter jointly far more than one at a time), so `explain_events` removes
+an item's single causes together, and the latest events together, and cites the stronger set (`deletion_drop`).
+The explain bench measures faithfulness and cost (`e2erec.explain.bench`).
 """
 
 from __future__ import annotations
