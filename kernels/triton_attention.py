@@ -31,7 +31,8 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 # The autotune configs on a GPU, (BLOCK_M, BLOCK_N, num_warps, num_stages): the FlashAttention-2 tutorial's
 # Hopper/Ampere sweet spots plus smaller-N variants for the backward (its dk/dv kernel holds two (BLOCK_N, D) fp32
-# accumulators). Untuned on a GPU yet; `scripts/compile_kernels.py` measures their registers and spills for sm_90.
+# accumulators). Untuned on a GPU yet; `scripts/compile_kernels.py` measures their registers and spills for sm_90,
+# and the pruning below keeps only those that fit.
 GPU_CONFIG_SHAPES = [(128, 64, 8, 2), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2),
                      (128, 32, 4, 3), (64, 32, 4, 3), (64, 128, 4, 2)]
 
@@ -43,21 +44,45 @@ def _configs():
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in GPU_CONFIG_SHAPES]
 
 
-def kept_by_prune(block_m: int, block_n: int, head_dim: int, len_bucket: int = 1 << 30) -> bool:
-    """Whether `_prune` keeps a (BLOCK_M, BLOCK_N) tile: not too big for the head dim (spills), not longer than
-    every sequence (waste)."""
-    return ((head_dim <= 64 or block_m * block_n <= 128 * 64) and (head_dim <= 128 or block_n <= 32)
-            and block_m <= max(64, len_bucket) and block_n <= max(32, len_bucket))
+# Which configs each kernel may autotune over, from what they compile to for sm_90 (H100 / H200): the model's variant
+# (targets + position and time biases), bf16, registers and spills from ptxas (scripts/compile_kernels.py, measured
+# in the issue-21 note):
+# - head dim <= 64: the forward and dq kernels fit in 128x64/w8/s2, 64x64/w4/s3, 64x64/w4/s2 and 64x32/w4/s3, for
+#   both kinds (the other four configs spill 3-20 KB per thread); dk/dv, which holds two fp32 accumulators, fits
+#   only in 64x32/w4/s3 (the others spill 0.6-8.6 KB);
+# - head dim 128: only 64x32/w4/s3 fits (HSTU forward and dq) or spills least (0.02-0.65 KB; the next best 1.3-2.1
+#   KB, the rest up to 30 KB); larger heads get it too, untested.
+# Every kernel still spills at head dim 128 in softmax and in dk/dv: fitting them is the kernels' open work.
+FITTING_SMALL_HEAD = {"fwd": {(128, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3)},
+                      "bwd_dq": {(128, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3)},
+                      "bwd_dkdv": {(64, 32, 4, 3)}}
+FITTING_LARGE_HEAD = {(64, 32, 4, 3)}
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop configs that spill (big tiles with big heads) or waste (tiles longer than every sequence)."""
-    if len(configs) == 1:
-        return configs
-    head_dim = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
-    len_bucket = kwargs.get("LEN_BUCKET", named_args.get("LEN_BUCKET", 1 << 30))
-    kept = [c for c in configs if kept_by_prune(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], head_dim, len_bucket)]
-    return kept or configs[:1]
+def kept_by_prune(kernel: str, shape: tuple[int, int, int, int], head_dim: int, len_bucket: int = 1 << 30) -> bool:
+    """Whether `kernel`'s pruning keeps a config (BLOCK_M, BLOCK_N, num_warps, num_stages): one that fits at this
+    head dim (the measurements above), with tiles no longer than every sequence (waste)."""
+    block_m, block_n = shape[0], shape[1]
+    fitting = FITTING_SMALL_HEAD[kernel] if head_dim <= 64 else FITTING_LARGE_HEAD
+    return tuple(shape) in fitting and block_m <= max(64, len_bucket) and block_n <= max(32, len_bucket)
+
+
+def _pruner(kernel: str):
+    """The `early_config_prune` of one kernel: the configs `kept_by_prune` keeps (the smallest tile if none)."""
+
+    def prune(configs, named_args, **kwargs):
+        if len(configs) == 1:
+            return configs
+        head_dim = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
+        len_bucket = kwargs.get("LEN_BUCKET", named_args.get("LEN_BUCKET", 1 << 30))
+        kept = [c for c in configs if kept_by_prune(kernel, _shape(c), head_dim, len_bucket)]
+        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+    return prune
+
+
+def _shape(config) -> tuple[int, int, int, int]:
+    return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
 
 
 def interpreter_blocks(max_len: int) -> tuple[int, int]:
@@ -186,7 +211,7 @@ def _fwd_inner(
     return acc, m_i, l_i
 
 
-@triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _pruner("fwd")})
 @triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE, OFFSETS, NUM_TARGETS, TS, POS_BIAS, TIME_BIAS,
@@ -267,7 +292,7 @@ def _load_query_tile(Q, DO, LSE, DELTA, seq_start, offs_m, offs_d, row_mask, q_m
     return q, do, lse, delta
 
 
-@triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _pruner("bwd_dq")})
 @triton.jit
 def _bwd_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA, OFFSETS, NUM_TARGETS, TS, POS_BIAS, TIME_BIAS,
@@ -314,7 +339,7 @@ def _bwd_dq_kernel(
 
 
 @triton.autotune(
-    configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune},
+    configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _pruner("bwd_dkdv")},
     reset_to_zero=["DPOS", "DTIME"],
 )
 @triton.jit

@@ -106,7 +106,7 @@ def compile_one(kernel: str, kind: str, head_dim: int, dtype: str, shape: tuple,
     fn = KERNELS[kernel].fn
     row = {"kernel": kernel, "kind": kind, "head_dim": head_dim, "dtype": dtype,
            "config": f"{block_m}x{block_n}/w{warps}/s{stages}", "arch": f"sm_{arch}",
-           "kept": T.kept_by_prune(block_m, block_n, head_dim), "ok": False, "registers": None, "spill_bytes": None,
+           "kept": T.kept_by_prune(kernel, shape, head_dim), "ok": False, "registers": None, "spill_bytes": None,
            "shared_bytes": None, "error": None}
     t0 = time.perf_counter()
     try:

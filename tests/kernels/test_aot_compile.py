@@ -1,9 +1,9 @@
 """Every attention kernel compiles for Hopper (sm_90) on this CPU machine, ahead of time, in the model's variant.
 
 Runs `scripts/compile_kernels.py` in a fresh process (the kernels in this pytest process are the interpreter's) on
-the forward and both backward kernels, softmax, head dim 64, bf16, one autotune config. A compile error fails.
-Registers, spills and shared memory are recorded (the full matrix and the configs `_prune` keeps:
-`python scripts/compile_kernels.py`); that kept configs do not spill is not yet enforced, since today they do.
+the forward and both backward kernels, softmax, head dim 64, bf16, one autotune config that every kernel's pruning
+keeps: a compile error fails, and so does a spill or more shared memory than an H100 has. The full matrix:
+`python scripts/compile_kernels.py` (at head dim 128 every kernel still spills; the issue-21 note).
 """
 
 from __future__ import annotations
@@ -31,3 +31,22 @@ def test_the_kernels_compile_for_sm90_with_wgmma(tmp_path):
         assert r["ok"] and r["error"] is None, r
         assert 0 < r["registers"] <= 255 and r["spill_bytes"] >= 0 and r["shared_bytes"] > 0, r
         assert r["wgmma"], r  # Hopper's warpgroup MMA, not the Ampere fallback
+        assert r["kept"] and r["spill_bytes"] == 0 and r["shared_bytes"] <= 227 * 1024, r
+
+
+def test_pruning_keeps_only_the_configs_measured_to_fit():
+    import triton
+    from e2erec_kernels import triton_attention as T
+
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+               for m, n, w, s in T.GPU_CONFIG_SHAPES]
+
+    def kept(kernel, head_dim, len_bucket=4096):
+        return {T._shape(c) for c in T._pruner(kernel)(configs, {}, BLOCK_D=head_dim, LEN_BUCKET=len_bucket)}
+
+    assert T.FITTING_LARGE_HEAD | set().union(*T.FITTING_SMALL_HEAD.values()) <= set(T.GPU_CONFIG_SHAPES)
+    assert kept("fwd", 64) == kept("bwd_dq", 32) == T.FITTING_SMALL_HEAD["fwd"]
+    assert kept("bwd_dkdv", 64) == {(64, 32, 4, 3)} and kept("fwd", 128) == kept("bwd_dkdv", 128) == {(64, 32, 4, 3)}
+    assert kept("fwd", 64, len_bucket=64) == {(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3)}  # no 128-row tiles
+    assert kept("fwd", 64, len_bucket=16) == {(64, 32, 4, 3)}
+    assert kept("fwd", 256) == {(64, 32, 4, 3)}
