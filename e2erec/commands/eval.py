@@ -134,15 +134,13 @@ def _steering_bench(args: argparse.Namespace, cfg) -> int:
 def _explain_bench(args: argparse.Namespace, cfg) -> int:
     """The reasons of the export's top-10 lists (joint order, w = 1), tested for faithfulness and timed."""
     from e2erec.config import save_resolved
-    from e2erec.data import load_dataset, make_split
     from e2erec.errors import E2ERecError
     from e2erec.explain.bench import run_explain_bench, write_explain_bench
     from e2erec.generate.system import GenerativeSystem
 
     if len(args.export) != 1:
         raise E2ERecError("--explain-bench needs exactly one --export (the model whose reasons are tested)")
-    inter = load_dataset(cfg.data)
-    split = make_split(inter, cfg.data)
+    inter, split, _ = _fit_on_the_split([], cfg)  # nothing to fit: the export's model is trained
     system, _ = GenerativeSystem.from_export(args.export[0], inter, cfg, args.device, rank_by="joint")
     entry = run_explain_bench(system, inter, split, max_users=300 if args.bench_users is None else args.bench_users,
                               bootstrap=cfg.eval.bootstrap, seed=cfg.eval.seed)

@@ -158,9 +158,16 @@ def mask_history(scores: np.ndarray, inter: Interactions, targets: np.ndarray,
 
 
 def in_history(inter: Interactions, targets: np.ndarray, lists: np.ndarray) -> np.ndarray:
-    """bool like `lists` [n, m] (item ids, -1 = empty): the item is in target i's whole history. O(history log)
-    through one sorted (row, item) key, nothing [n, n_items]."""
-    rows, items = history_csr(inter, targets)
+    """bool like `lists` [n, m] (item ids, -1 = empty): the item is in target i's whole history (`in_histories`)."""
+    targets = np.asarray(targets, dtype=np.int64)
+    return in_histories(inter, target_users(inter, targets), targets, lists)
+
+
+def in_histories(inter: Interactions, users: np.ndarray, ends: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """bool like `lists` [n, m]: the item is among the events offsets[users[i]]:ends[i] (a target's history, or a
+    user's whole history with ends = offsets[u + 1]). O(history log) through one sorted (row, item) key, nothing
+    [n, n_items]."""
+    rows, items = history_events(inter, users, ends)
     lists = np.asarray(lists, np.int64)
     key = np.unique(rows.astype(np.int64) * inter.n_items + items)
     if len(key) == 0:

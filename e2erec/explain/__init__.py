@@ -9,6 +9,7 @@ import datetime
 import numpy as np
 
 from e2erec.data.types import Interactions
+from e2erec.eval.protocol import in_histories
 from e2erec.explain.attribution import explain_events
 from e2erec.explain.reasons import (
     Cause,
@@ -22,24 +23,26 @@ from e2erec.explain.reasons import (
 
 
 def explain_lists(system, inter: Interactions, users: np.ndarray, ends: np.ndarray, items: np.ndarray,
-                  p_positive: np.ndarray, steering=None, meaning: str | None = None) -> list[list[Reason]]:
+                  p_positive: np.ndarray, steering=None, meaning: str | None = None,
+                  events=None) -> list[list[Reason]]:
     """The filtered reasons of each request's list: `items` int64 [n, k] (-1 pads) generated for the histories
     `offsets[u]:ends` of `users`, `p_positive` [n, k] their calibrated probabilities, `steering` the instructions
     the lists were generated under (default: the system's), `meaning` what the probability is (default: read from
-    `inter`'s feedback, `probability_meaning`). Settings: `generate.explain`."""
+    `inter`'s feedback, `probability_meaning`), `events` the lists' `explain_events` when the caller has them.
+    Settings: `generate.explain`."""
     cfg = system.cfg.generate.explain
     steering = steering if steering is not None else system.cfg.generate.steering
     users, ends, items = np.asarray(users, np.int64), np.asarray(ends, np.int64), np.asarray(items, np.int64)
     n, k = items.shape
-    events = explain_events(system, inter, users, ends, items, top=cfg.top_events, max_events=cfg.max_events,
-                            recent=cfg.recent_events)
+    if events is None:
+        events = explain_events(system, inter, users, ends, items, top=cfg.top_events, max_events=cfg.max_events,
+                                recent=cfg.recent_events)
     filt = ReasonFilter(cfg.deny_categories, cfg.deny_attributes)
     table = inter.items
     clusters = cluster_text(system.sids.describe(table), system.codes, items.reshape(-1), filt,
                             system.sids.described_levels)
-    offsets = np.asarray(inter.offsets)
-    history = [set(np.asarray(inter.item)[offsets[u]:e].tolist()) for u, e in zip(users, ends)]
-    rules = steering_rules(steering, system._info(inter), items, history, steering.explore_share, k)
+    rules = steering_rules(steering, system.item_info(inter), items, in_histories(inter, users, ends, items),
+                           steering.explore_share, k)
     meaning = meaning or probability_meaning(inter, system.cfg.data.positive_threshold)
     out = []
     for r in range(n):

@@ -168,25 +168,41 @@ def log_probs_under(system, histories, items: np.ndarray) -> np.ndarray:
     return model.item_log_probs(state.hidden, torch.as_tensor(items), system.codes, system.trie).cpu().numpy()
 
 
+def _base(system, inter: Interactions, users: np.ndarray, ends: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """float32 [n, k]: each request's items' log-probabilities under its whole history (nothing removed)."""
+    whole = histories_without(inter, users, ends, np.zeros(len(users) + 1, np.int64), np.zeros(0, np.int64),
+                              model_window(system))
+    return log_probs_under(system, whole, items)
+
+
+def _drops(system, inter: Interactions, users: np.ndarray, ends: np.ndarray, items: np.ndarray, base: np.ndarray,
+           variant_req: np.ndarray, offsets: np.ndarray, rows: np.ndarray, token_budget: int) -> np.ndarray:
+    """float32 [V, k]: for variant v of request `variant_req[v]`, the drop of that request's items when its events
+    `rows[offsets[v]:offsets[v + 1]]` are removed together. The occluded histories are encoded in batches of
+    about `token_budget` tokens."""
+    max_len = model_window(system)
+    out = np.empty((len(variant_req), items.shape[1]), np.float32)
+    step = max(1, token_budget // max(max_len, 1))
+    for lo in range(0, len(variant_req), step):
+        v = slice(lo, min(lo + step, len(variant_req)))
+        req = variant_req[v]
+        batch = histories_without(inter, users[req], ends[req], offsets[v.start:v.stop + 1] - offsets[v.start],
+                                  rows[offsets[v.start]:offsets[v.stop]], max_len)
+        out[v] = base[req] - log_probs_under(system, batch, items[req])
+    return out
+
+
 @torch.no_grad()
 def occlusion(system, inter: Interactions, users: np.ndarray, ends: np.ndarray, items: np.ndarray,
               max_events: int = 0, recent: int = 0, token_budget: int = 1 << 16) -> Attribution:
-    """Leave-one-out weights of each request's candidate events (`candidate_events`) for its items (int64 [n, k]).
-    The occluded histories are encoded in batches of about `token_budget` tokens."""
+    """Leave-one-out weights of each request's candidate events (`candidate_events`) for its items (int64 [n, k]),
+    each event its own variant (`_drops`)."""
     users, ends, items = np.asarray(users, np.int64), np.asarray(ends, np.int64), np.asarray(items, np.int64)
-    max_len = model_window(system)
     offsets, rows = candidate_events(system, inter, users, ends, items, max_events, recent)
-    req = np.repeat(np.arange(len(users)), np.diff(offsets))  # the request of each variant
-    whole = histories_without(inter, users, ends, np.zeros(len(users) + 1, np.int64), np.zeros(0, np.int64), max_len)
-    base = log_probs_under(system, whole, items)
-    weights = np.zeros((len(rows), items.shape[1]), np.float32)
-    per_variant = np.minimum(np.diff(whole.offsets.numpy())[req], max_len)  # tokens one variant costs
-    step = max(1, int(token_budget // max(int(per_variant.max()) if len(per_variant) else 1, 1)))
-    for lo in range(0, len(rows), step):
-        v = slice(lo, min(lo + step, len(rows)))
-        n = v.stop - v.start
-        batch = histories_without(inter, users[req[v]], ends[req[v]], np.arange(n + 1), rows[v], max_len)
-        weights[v] = base[req[v]] - log_probs_under(system, batch, items[req[v]])
+    base = _base(system, inter, users, ends, items)
+    variant_req = np.repeat(np.arange(len(users)), np.diff(offsets))
+    weights = _drops(system, inter, users, ends, items, base, variant_req, np.arange(len(rows) + 1), rows,
+                     token_budget)
     return Attribution(offsets, rows, weights, base)
 
 
@@ -195,27 +211,17 @@ def deletion_drop(system, inter: Interactions, users: np.ndarray, ends: np.ndarr
                   drop_rows: np.ndarray, base: np.ndarray | None = None, token_budget: int = 1 << 16) -> np.ndarray:
     """The drop of each item's log-probability when events are removed together: `drop_rows` int64 [n, S, m]
     (-1: none) holds S sets of events per request; returns float32 [n, S, k], the drop of every one of request i's
-    items (int64 [n, k]) without set s. Identical sets of a request are encoded once; the occluded histories go in
-    batches of about `token_budget` tokens."""
+    items (int64 [n, k]) without set s. Identical sets of a request are encoded once (`_drops`)."""
     users, ends, items = np.asarray(users, np.int64), np.asarray(ends, np.int64), np.asarray(items, np.int64)
     n, n_sets, m = drop_rows.shape
-    max_len = model_window(system)
     if base is None:
-        whole = histories_without(inter, users, ends, np.zeros(n + 1, np.int64), np.zeros(0, np.int64), max_len)
-        base = log_probs_under(system, whole, items)
+        base = _base(system, inter, users, ends, items)
     flat = np.sort(drop_rows.reshape(n * n_sets, m), axis=1)  # a set's order does not matter
-    req = np.repeat(np.arange(n), n_sets)
-    unique, inverse = np.unique(np.column_stack([req, flat]), axis=0, return_inverse=True)
-    v_req, v_rows = unique[:, 0], unique[:, 1:]
-    counts = (v_rows >= 0).sum(1)
-    out = np.empty((len(unique), items.shape[1]), np.float32)
-    step = max(1, token_budget // max(max_len, 1))
-    for lo in range(0, len(unique), step):
-        v = slice(lo, min(lo + step, len(unique)))
-        offsets = np.concatenate([[0], np.cumsum(counts[v])]).astype(np.int64)
-        batch = histories_without(inter, users[v_req[v]], ends[v_req[v]], offsets, v_rows[v][v_rows[v] >= 0],
-                                  max_len)
-        out[v] = base[v_req[v]] - log_probs_under(system, batch, items[v_req[v]])
+    unique, inverse = np.unique(np.column_stack([np.repeat(np.arange(n), n_sets), flat]), axis=0,
+                                return_inverse=True)
+    v_rows = unique[:, 1:]
+    offsets = np.concatenate([[0], np.cumsum((v_rows >= 0).sum(1))]).astype(np.int64)
+    out = _drops(system, inter, users, ends, items, base, unique[:, 0], offsets, v_rows[v_rows >= 0], token_budget)
     return out[inverse.reshape(-1)].reshape(n, n_sets, items.shape[1])
 
 

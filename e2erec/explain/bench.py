@@ -52,13 +52,13 @@ def run_explain_bench(system, inter: Interactions, split: Split, *, max_users: i
         items, _ = system.generate_for(inter, u, e, TOP_K)
         gen_s += time.perf_counter() - t0
         p = system.p_positive(inter, u, e, items)
-        t0 = time.perf_counter()
-        reasons = explain_lists(system, inter, u, e, items, p)
+        t0 = time.perf_counter()  # what `explain_lists` costs, its events kept for the deletion test
+        ev = explain_events(system, inter, u, e, items, top=cfg.top_events, max_events=cfg.max_events,
+                            recent=cfg.recent_events)
+        reasons = explain_lists(system, inter, u, e, items, p, events=ev)
         explain_s += time.perf_counter() - t0
         if not examples:
             examples = [[r.to_dict() for r in reasons[i]] for i in range(min(3, len(reasons)))]
-        ev = explain_events(system, inter, u, e, items, top=cfg.top_events, max_events=cfg.max_events,
-                            recent=cfg.recent_events)
         _deletion_sets(system, inter, u, e, items, ev, rng, planted, parts)
     return _summarise(parts, len(targets), gen_s, explain_s, bootstrap, seed, examples, cfg, planted is not None)
 

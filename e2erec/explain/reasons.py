@@ -134,9 +134,10 @@ def cluster_text(prefixes: dict, codes, items: np.ndarray, filt: ReasonFilter, l
     return out
 
 
-def steering_rules(steering, info, items: np.ndarray, history_items: list[set], explore_share: float,
+def steering_rules(steering, info, items: np.ndarray, repeated: np.ndarray, explore_share: float,
                    k: int) -> list[list[str]]:
-    """Per request, per item: the instructions that acted on it (only those whose condition the item meets)."""
+    """Per request, per item: the instructions that acted on it (only those whose condition the item meets);
+    `repeated` bool [n, k]: the item is already in the request's history."""
     slots = explore_slots(k, explore_share).numpy() if explore_share > 0 else np.zeros(k, bool)
     pool = None
     if explore_share > 0:
@@ -169,7 +170,7 @@ def steering_rules(steering, info, items: np.ndarray, history_items: list[set], 
             if slots[pos] and pool is not None and pool[item]:
                 where = ", ".join(steering.explore_categories) or "the long tail"
                 rules.append(f"exploration slot ({where})")
-            if item in history_items[r] and not steering.exclude_seen:
+            if repeated[r, pos] and not steering.exclude_seen:
                 rules.append("a repeat of an item in your history")
             if steering.windowed:
                 window = (f"your last {steering.history_days:g} days" if steering.history_days else

@@ -153,9 +153,6 @@ class GenerativeSystem:
                         "repeat_valid": {str(b): v for b, v in scores.items()}}
         return self.repeat_bonus
 
-    def _histories(self, inter: Interactions, targets: np.ndarray):
-        return gather_histories(inter, target_users(inter, targets), targets, self.cfg.data.max_seq_len)
-
     @torch.no_grad()
     def generate(self, inter: Interactions, targets: np.ndarray, k: int, steering=None,
                  among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +219,7 @@ class GenerativeSystem:
         steering = steering if steering is not None else self.cfg.generate.steering
         if not steering.exclude_seen and steering.repeat_bonus is None:
             steering = dataclasses.replace(steering, repeat_bonus=self.repeat_bonus)
-        info = self._info(inter)
+        info = self.item_info(inter)
         beam = max(self.cfg.generate.beam_size, k)
         users, ends = np.asarray(users, dtype=np.int64), np.asarray(ends, dtype=np.int64)
         among = None if among is None else torch.as_tensor(np.asarray(among, bool), device=self.trie.device)
@@ -256,7 +253,8 @@ class GenerativeSystem:
 
         return sharded_rows(block, len(users))
 
-    def _info(self, inter: Interactions) -> ItemInfo:
+    def item_info(self, inter: Interactions) -> ItemInfo:
+        """The catalogue's side information steering reads (categories, years, long tail), built once per table."""
         if self._item_info is None or self._item_info[0] is not inter.items:
             self._item_info = (inter.items, ItemInfo.from_table(inter.items, self.cfg.eval.long_tail_share))
         return self._item_info[1]
@@ -268,7 +266,7 @@ class GenerativeSystem:
     @torch.no_grad()
     def p_positive(self, inter: Interactions, users: np.ndarray, ends: np.ndarray, items: np.ndarray) -> np.ndarray:
         """The calibration head's P(positive) float64 [n, k] of items int64 [n, k] (-1: 0) after the histories
-        `offsets[u]:ends` (a request that is not a target event, e.g. after a user's whole history)."""
+        `offsets[u]:ends`: a target's history (`predict_proba`), or a request after a user's whole history."""
         users, ends, items = np.asarray(users, np.int64), np.asarray(ends, np.int64), np.asarray(items, np.int64)
         out = np.zeros(items.shape, np.float64)
         for lo in range(0, len(users), self.batch_size):
@@ -284,13 +282,9 @@ class GenerativeSystem:
         items = np.asarray(items, dtype=np.int64)
 
         def block(lo: int, hi: int) -> np.ndarray:
-            out = np.empty((hi - lo, *items.shape[1:]), dtype=np.float64)
-            for start in range(lo, hi, self.batch_size):
-                sl = slice(start, min(start + self.batch_size, hi))
-                cand = torch.from_numpy(items[sl].reshape(len(targets[sl]), -1))
-                probs = self.model.score_candidates(self._histories(inter, targets[sl]), cand, self.codes)
-                out[start - lo:sl.stop - lo] = probs.cpu().double().numpy().reshape(items[sl].shape)
-            return out
+            t = targets[lo:hi]
+            return self.p_positive(inter, target_users(inter, t), t, items[lo:hi].reshape(len(t), -1)).reshape(
+                items[lo:hi].shape)
 
         return sharded_rows(block, len(targets))
 

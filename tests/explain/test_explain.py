@@ -171,9 +171,9 @@ def test_demographics_are_never_mentioned_whatever_the_config_says():
 
 
 def test_steering_rules_name_only_the_instructions_that_acted_on_each_item():
+    from e2erec.explain.reasons import steering_rules
     from e2erec.generate.beam import ItemInfo
     from e2erec.generate.config import SteeringConfig
-    from e2erec.explain.reasons import steering_rules
 
     info = ItemInfo(categories=["Comedy", "Drama"],
                     multi_hot=torch.tensor([[True, False], [False, True], [True, True], [False, True]]),
@@ -181,7 +181,8 @@ def test_steering_rules_name_only_the_instructions_that_acted_on_each_item():
                     raw_id=["a", "b", "c", "d"])
     steering = SteeringConfig(boost_categories={"Comedy": 1.5}, boost_items=["d"], item_boost=2.0,
                               explore_share=0.5, exclude_seen=False)
-    rules = steering_rules(steering, info, np.array([[0, 2, 1, 3]]), [{1}], 0.5, 4)[0]
+    repeated = np.array([[False, False, True, False]])  # item 1 is in the history
+    rules = steering_rules(steering, info, np.array([[0, 2, 1, 3]]), repeated, 0.5, 4)[0]
     assert rules[0] == ["boosted topic Comedy (+1.5)"]
     assert rules[1] == ["boosted topic Comedy (+1.5)", "exploration slot (the long tail)"]  # slot 1 of 4 at 0.5
     assert rules[2] == ["a repeat of an item in your history"]  # item 1 is in the history; slot 2 is not reserved
